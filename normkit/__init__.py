@@ -1,0 +1,25 @@
+"""normkit: the normalization layers TensorFlow Addons and tf.keras 2 had, for Keras 3 on JAX, TensorFlow
+and PyTorch.
+
+    >>> import normkit
+    >>> layer = normkit.GroupNormalization(groups=5, axis=3)
+"""
+
+from normkit import ops
+from normkit.layers import (
+    BatchNormalization,
+    GroupNormalization,
+    InstanceNormalization,
+    LayerNormalization,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BatchNormalization",
+    "GroupNormalization",
+    "InstanceNormalization",
+    "LayerNormalization",
+    "__version__",
+    "ops",
+]

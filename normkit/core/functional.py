@@ -1,0 +1,156 @@
+"""The functional API (`normkit.ops`): stateless normalizations over the one core.
+
+Each function validates its arguments against the input's shape, builds the `Reduction` its normalization
+means and calls the core. The layers call these same functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from normkit.core import validation as v
+from normkit.core.normalize import (
+    Reduction,
+    batch_reduction,
+    group_reduction,
+    layer_reduction,
+    normalize_with_batch_statistics,
+    normalize_with_given_statistics,
+)
+from normkit.core.statistics import Moments
+
+Tensor = Any
+
+
+def group_reduction_for(shape: tuple[Any, ...], groups: int, axis: int) -> Reduction:
+    """Validates GroupNormalization's arguments against `shape` and returns its reduction."""
+    rank = v.check_rank(shape, 2, "GroupNormalization")
+    v.check_groups_arg(groups)
+    (channel_axis,) = v.canonical_axes(v.check_axis_arg(axis, allow_list=False), rank, allow_batch_axis=False)
+    channels = shape[channel_axis]
+    resolved = v.resolve_groups(groups, None if channels is None else int(channels), axis, shape)
+    return group_reduction(rank, channel_axis, resolved)
+
+
+def layer_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
+    rank = v.check_rank(shape, 1, "LayerNormalization")
+    axes = v.canonical_axes(v.check_axis_arg(axis, allow_list=True), rank)
+    _require_defined(shape, axes, axis)
+    return layer_reduction(rank, axes)
+
+
+def batch_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
+    rank = v.check_rank(shape, 1, "BatchNormalization")
+    axes = v.canonical_axes(v.check_axis_arg(axis, allow_list=True), rank)
+    _require_defined(shape, axes, axis)
+    return batch_reduction(rank, axes)
+
+
+def _require_defined(shape: tuple[Any, ...], axes: tuple[int, ...], axis: Any) -> None:
+    for a in axes:
+        if shape[a] is None:
+            raise ValueError(
+                f"Axis {a} of the input must have a defined dimension (gamma and beta span it), but the input "
+                f"has shape {tuple(shape)}. Received: axis={axis!r}"
+            )
+
+
+def group_norm(
+    x: Tensor,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    groups: int = 32,
+    axis: int = -1,
+    epsilon: float = 1e-3,
+) -> Tensor:
+    """Group normalization (Wu & He 2018) with TensorFlow Addons semantics.
+
+    The channels on `axis` are split into `groups` contiguous groups; each (sample, group) is normalized by
+    its own mean and variance over the group's channels and every other non-batch axis. `groups=-1` means one
+    group per channel (instance normalization). gamma and beta have shape (channels,).
+
+    >>> import numpy as np, normkit
+    >>> x = np.arange(2 * 4 * 6, dtype="float32").reshape(2, 4, 6)
+    >>> y = normkit.ops.group_norm(x, groups=3)
+    >>> tuple(y.shape)
+    (2, 4, 6)
+    """
+    reduction = group_reduction_for(tuple(x.shape), groups, axis)
+    return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
+
+
+def instance_norm(
+    x: Tensor,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    axis: int = -1,
+    epsilon: float = 1e-3,
+) -> Tensor:
+    """Instance normalization (Ulyanov et al. 2016): group normalization with one group per channel."""
+    return group_norm(x, gamma, beta, groups=-1, axis=axis, epsilon=epsilon)
+
+
+def layer_norm(
+    x: Tensor,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    axis: v.AxisArg = -1,
+    epsilon: float = 1e-3,
+) -> Tensor:
+    """Layer normalization (Ba et al. 2016) with tf.keras 2 semantics: per sample over the `axis` dims.
+
+    gamma and beta have the shape of the normalized dims (in ascending axis order).
+    """
+    reduction = layer_reduction_for(tuple(x.shape), axis)
+    return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
+
+
+def batch_norm(
+    x: Tensor,
+    mean: Tensor | None = None,
+    variance: Tensor | None = None,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    axis: v.AxisArg = -1,
+    epsilon: float = 1e-3,
+) -> Tensor:
+    """Batch normalization (Ioffe & Szegedy 2015) over every axis but `axis`.
+
+    With `mean` and `variance` (shaped like the `axis` dims) those statistics are used (inference);
+    without them the batch's own statistics are (training). For the batch statistics too, see
+    `batch_norm_with_statistics`.
+    """
+    reduction = batch_reduction_for(tuple(x.shape), axis)
+    epsilon = v.check_epsilon(epsilon)
+    if (mean is None) != (variance is None):
+        raise ValueError(
+            "`mean` and `variance` go together: give both (inference) or neither (batch statistics). "
+            f"Received: mean={'None' if mean is None else 'a tensor'}, "
+            f"variance={'None' if variance is None else 'a tensor'}"
+        )
+    if mean is not None:
+        return normalize_with_given_statistics(x, reduction, mean, variance, gamma, beta, epsilon)
+    return normalize_with_batch_statistics(x, reduction, gamma, beta, epsilon)
+
+
+def batch_norm_with_statistics(
+    x: Tensor,
+    gamma: Tensor | None = None,
+    beta: Tensor | None = None,
+    axis: v.AxisArg = -1,
+    epsilon: float = 1e-3,
+    mask: Tensor | None = None,
+) -> tuple[Tensor, Moments]:
+    """Batch normalization with the batch's statistics; returns (y, Moments(mean, variance)).
+
+    The statistics have the shape of the `axis` dims (float32 for 16-bit inputs), variance biased.
+    `mask` (broadcastable to x) leaves positions out of the statistics.
+    """
+    from keras import ops
+
+    reduction = batch_reduction_for(tuple(x.shape), axis)
+    y, stats = normalize_with_batch_statistics(
+        x, reduction, gamma, beta, v.check_epsilon(epsilon), mask=mask, return_statistics=True
+    )
+    param_shape = tuple(int(x.shape[a]) for a in reduction.param_axes)
+    return y, Moments(ops.reshape(stats.mean, param_shape), ops.reshape(stats.variance, param_shape))

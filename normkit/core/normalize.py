@@ -1,0 +1,167 @@
+"""The one algorithm: y = gamma * (x - mean) / sqrt(variance + epsilon) + beta.
+
+Every normkit normalization is this computation with a different `Reduction` (which axes share one mean
+and variance, and whether channels are first split into groups). `normalize_with_batch_statistics` is the
+single entry point the functional ops and the layers use; a backend fast path (`normkit.core.fast`) may
+take over for a reduction it implements with the same semantics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from keras import ops
+
+from normkit.core import fast
+from normkit.core.statistics import Moments, moments, statistics_dtype
+
+Tensor = Any
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """Which elements of an input of rank `rank` share one mean and variance.
+
+    param_axes: the (sorted, non-negative) axes of the input that gamma and beta span.
+    reduction_axes: the axes statistics are reduced over, counted in the input's own axes.
+    group_axis / groups: if set, the channels on `group_axis` are first split into `groups` contiguous groups
+        (a reshape to [..., groups, channels // groups, ...]) and statistics are per group: the group axis
+        itself is then kept and the within-group axis is reduced.
+    """
+
+    rank: int
+    param_axes: tuple[int, ...]
+    reduction_axes: tuple[int, ...]
+    group_axis: int | None = None
+    groups: int | None = None
+
+    @property
+    def grouped_reduction_axes(self) -> tuple[int, ...]:
+        """Reduction axes counted in the grouped view (rank + 1) when channels are grouped."""
+        if self.group_axis is None:
+            return self.reduction_axes
+        g = self.group_axis
+        shifted = [a if a < g else a + 1 for a in self.reduction_axes if a != g]
+        return tuple(sorted([*shifted, g + 1]))
+
+
+def group_reduction(rank: int, channel_axis: int, groups: int) -> Reduction:
+    """Per sample, per group of channels: every non-batch axis reduced, channels split into groups."""
+    reduced = tuple(a for a in range(1, rank) if a != channel_axis)
+    return Reduction(rank, (channel_axis,), reduced, group_axis=channel_axis, groups=groups)
+
+
+def layer_reduction(rank: int, axes: Sequence[int]) -> Reduction:
+    """Per sample over `axes`; gamma and beta span the same axes."""
+    return Reduction(rank, tuple(axes), tuple(axes))
+
+
+def batch_reduction(rank: int, axes: Sequence[int]) -> Reduction:
+    """Over every axis but the feature `axes` (the batch included)."""
+    return Reduction(rank, tuple(axes), tuple(a for a in range(rank) if a not in axes))
+
+
+def _param_broadcast_shape(x_shape: Sequence[Any], reduction: Reduction) -> list[int]:
+    """Shape a (flattened) gamma/beta takes to broadcast against x, or against its grouped view."""
+    shape = [1] * reduction.rank
+    for a in reduction.param_axes:
+        shape[a] = int(x_shape[a])
+    if reduction.group_axis is not None:
+        g = reduction.group_axis
+        shape[g : g + 1] = [reduction.groups, shape[g] // reduction.groups]
+    return shape
+
+
+def _grouped_shape(x: Tensor, reduction: Reduction) -> list[Any]:
+    """The shape of the grouped view of x, with dynamic sizes where the static shape has None."""
+    static = list(x.shape)
+    dynamic = ops.shape(x)
+    shape: list[Any] = [dynamic[i] if s is None else int(s) for i, s in enumerate(static)]
+    g = reduction.group_axis
+    shape[g : g + 1] = [reduction.groups, int(static[g]) // reduction.groups]
+    return shape
+
+
+def normalize(
+    x: Tensor,
+    mean: Tensor,
+    variance: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    epsilon: float,
+) -> Tensor:
+    """Applies given statistics and affine parameters (all broadcastable to x) in the statistics dtype.
+
+    Written as (x - mean) * scale + beta, not x * scale + (beta - mean * scale): with a large common offset
+    the subtraction of two nearby numbers is exact, the other order is not.
+    """
+    dtype = statistics_dtype(x.dtype)
+    xs = ops.cast(x, dtype)
+    scale = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    if gamma is not None:
+        scale = scale * ops.cast(gamma, dtype)
+    y = (xs - ops.cast(mean, dtype)) * scale
+    if beta is not None:
+        y = y + ops.cast(beta, dtype)
+    return ops.cast(y, x.dtype)
+
+
+def normalize_with_batch_statistics(
+    x: Tensor,
+    reduction: Reduction,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    epsilon: float,
+    *,
+    mask: Tensor | None = None,
+    return_statistics: bool = False,
+) -> Tensor | tuple[Tensor, Moments]:
+    """Normalizes x with statistics computed from x itself over `reduction`.
+
+    gamma and beta have the shape of the parameter axes (flattened in the order of `param_axes`).
+    With return_statistics the per-reduction mean and variance come back too (keepdims, in the grouped view
+    when channels are grouped), in the statistics dtype: batch normalization needs them for its moving
+    averages.
+    """
+    if mask is None and not return_statistics:
+        result = fast.dispatch("normalize_with_batch_statistics", x, reduction, gamma, beta, epsilon)
+        if result is not NotImplemented:
+            return result
+
+    param_shape = _param_broadcast_shape(x.shape, reduction)
+    gamma_b = None if gamma is None else ops.reshape(gamma, param_shape)
+    beta_b = None if beta is None else ops.reshape(beta, param_shape)
+    if reduction.group_axis is None:
+        stats = moments(x, reduction.reduction_axes, mask=mask)
+        y = normalize(x, stats.mean, stats.variance, gamma_b, beta_b, epsilon)
+    else:
+        original_shape = ops.shape(x)
+        grouped = ops.reshape(x, _grouped_shape(x, reduction))
+        if mask is not None:
+            mask = ops.expand_dims(mask, reduction.group_axis + 1)
+        stats = moments(grouped, reduction.grouped_reduction_axes, mask=mask)
+        y = normalize(grouped, stats.mean, stats.variance, gamma_b, beta_b, epsilon)
+        y = ops.reshape(y, original_shape)
+    return (y, stats) if return_statistics else y
+
+
+def normalize_with_given_statistics(
+    x: Tensor,
+    reduction: Reduction,
+    mean: Tensor,
+    variance: Tensor,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    epsilon: float,
+) -> Tensor:
+    """Normalizes x with given statistics shaped like the parameters (batch normalization's inference)."""
+    if reduction.group_axis is not None:
+        raise ValueError("normalize_with_given_statistics takes an ungrouped reduction")
+    shape = _param_broadcast_shape(x.shape, reduction)
+
+    def bcast(t: Tensor | None) -> Tensor | None:
+        return None if t is None else ops.reshape(t, shape)
+
+    return normalize(x, bcast(mean), bcast(variance), bcast(gamma), bcast(beta), epsilon)

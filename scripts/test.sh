@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The whole test suite on a fresh machine: installs everything into .venv, lints, then runs pytest once per
+# Keras backend (jax, tensorflow, torch) and prints one total line. Extra arguments go to pytest.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh "jax,tensorflow,torch,compare,test" || exit 1
+export TF_CPP_MIN_LOG_LEVEL=2 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
+.venv/bin/python -m ruff check normkit tests || exit 1
+reports=$(mktemp -d)
+status=0
+for backend in ${NORMKIT_BACKENDS:-jax tensorflow torch}; do
+  echo "=== KERAS_BACKEND=$backend ==="
+  KERAS_BACKEND=$backend .venv/bin/python -m pytest -p no:cacheprovider --junitxml="$reports/$backend.xml" "$@"
+  rc=$?
+  # pytest's 5 means "no tests collected" (e.g. a -k filter that matched nothing): not a failure here.
+  if [ $rc -ne 0 ] && [ $rc -ne 5 ]; then status=1; fi
+done
+.venv/bin/python scripts/junit_total.py "$reports"/*.xml || status=1
+exit $status
