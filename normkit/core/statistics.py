@@ -72,8 +72,8 @@ def moments(
     x = to_statistics_dtype(x)
     axes = tuple(axes)
     if mask is None:
-        mean = ops.mean(x, axis=axes, keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=axes, keepdims=True)
+        mean = _mean(x, axes)
+        variance = _mean(ops.square(x - mean), axes)
     else:
         weights = ops.cast(mask, x.dtype)
         weights = ops.broadcast_to(weights, ops.shape(x))
@@ -84,6 +84,31 @@ def moments(
         mean = ops.squeeze(mean, axis=axes)
         variance = ops.squeeze(variance, axis=axes)
     return Moments(mean, variance)
+
+
+def shift_estimate(x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None) -> Tensor:
+    """A constant (no gradient) near the mean of x over `axes` (keepdims, statistics dtype): the one-pass mean.
+
+    Statistics and the normalization itself are computed on `x - shift`, which is exact in floating point
+    where it matters (values near their mean: Sterbenz), so that a large common offset (mean 1e4, std 1 in
+    float32) costs no digits: a float32 mean near 1e4 alone is 0.5-1 ulp (5e-4 to 1e-3) off, which is that
+    many standard deviations.
+    """
+    x = to_statistics_dtype(x)
+    axes = tuple(axes)
+    if mask is None:
+        return ops.stop_gradient(_mean(x, axes))
+    weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
+    count = ops.maximum(ops.sum(weights, axis=axes, keepdims=True), 1.0)
+    return ops.stop_gradient(ops.sum(x * weights, axis=axes, keepdims=True) / count)
+
+
+def _mean(x: Tensor, axes: tuple[int, ...]) -> Tensor:
+    """Mean over `axes` (keepdims) as sum / count: Keras 3.15's torch `ops.mean` reduces float64 in float32."""
+    count = 1
+    for a in axes:
+        count = count * ops.shape(x)[a]
+    return ops.sum(x, axis=axes, keepdims=True) / ops.cast(count, x.dtype)
 
 
 def sufficient_statistics(
@@ -118,6 +143,33 @@ def sufficient_statistics(
         shifted_sum = ops.sum(centered * weights, axis=axes, keepdims=keepdims)
         shifted_sum_of_squares = ops.sum(ops.square(centered) * weights, axis=axes, keepdims=keepdims)
     return SufficientStatistics(count, shifted_sum, shifted_sum_of_squares, shift)
+
+
+def reduction_count(
+    x: Tensor,
+    axes: Sequence[int],
+    *,
+    mask: Tensor | None = None,
+    keepdims: bool = True,
+) -> Tensor:
+    """How many elements of `x` each statistic over `axes` is computed from (in the statistics dtype).
+
+    Without a mask this is the product of the reduced dims (dynamic dims included), broadcast to the shape of
+    the statistics; with one it is the per-statistic sum of the mask's weights (the number of unmasked
+    positions for a 0/1 mask). Batch normalization's Bessel correction and its empty-batch guard need it.
+    """
+    dtype = statistics_dtype(_dtype_name(x))
+    axes = tuple(axes)
+    if mask is None:
+        count = ops.ones((), dtype=dtype)
+        for a in axes:
+            count = count * ops.cast(ops.shape(x)[a], dtype)
+        stats_shape = [1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))]
+        count = ops.broadcast_to(count, stats_shape)
+        return count if keepdims else ops.squeeze(count, axis=axes)
+    # The same weights `moments` uses, so that the count matches the statistics it goes with.
+    weights = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
+    return ops.sum(weights, axis=axes, keepdims=keepdims)
 
 
 def moments_from_sufficient_statistics(stats: SufficientStatistics) -> Moments:
