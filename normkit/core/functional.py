@@ -22,11 +22,27 @@ from normkit.core.statistics import Moments
 Tensor = Any
 
 
+def _as_tensors(*values: Any) -> tuple[Any, ...]:
+    """NumPy arrays (and Python scalars/lists) become backend tensors; tensors, symbolic Keras tensors, Keras
+    variables and None pass through. The core mixes its arguments with backend results (`x - mean`), which a
+    NumPy array on the left of a torch tensor does not support."""
+    import keras
+    from keras import ops
+
+    return tuple(
+        t
+        if t is None or ops.is_tensor(t) or keras.backend.is_keras_tensor(t) or isinstance(t, keras.Variable)
+        else ops.convert_to_tensor(t)
+        for t in values
+    )
+
+
 def group_reduction_for(shape: tuple[Any, ...], groups: int, axis: int) -> Reduction:
     """Validates GroupNormalization's arguments against `shape` and returns its reduction."""
     rank = v.check_rank(shape, 2, "GroupNormalization")
     v.check_groups_arg(groups)
-    (channel_axis,) = v.canonical_axes(v.check_axis_arg(axis, allow_list=False), rank, allow_batch_axis=False)
+    v.check_axis_arg(axis, allow_list=False)
+    (channel_axis,) = v.canonical_axes(axis, rank, allow_batch_axis=False)
     channels = shape[channel_axis]
     resolved = v.resolve_groups(groups, None if channels is None else int(channels), axis, shape)
     return group_reduction(rank, channel_axis, resolved)
@@ -34,14 +50,16 @@ def group_reduction_for(shape: tuple[Any, ...], groups: int, axis: int) -> Reduc
 
 def layer_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
     rank = v.check_rank(shape, 1, "LayerNormalization")
-    axes = v.canonical_axes(v.check_axis_arg(axis, allow_list=True), rank)
+    v.check_axis_arg(axis, allow_list=True)
+    axes = v.canonical_axes(axis, rank)  # the axis as given, for the messages (a list stays a list)
     _require_defined(shape, axes, axis)
     return layer_reduction(rank, axes)
 
 
 def batch_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
     rank = v.check_rank(shape, 1, "BatchNormalization")
-    axes = v.canonical_axes(v.check_axis_arg(axis, allow_list=True), rank)
+    v.check_axis_arg(axis, allow_list=True)
+    axes = v.canonical_axes(axis, rank)  # the axis as given, for the messages (a list stays a list)
     _require_defined(shape, axes, axis)
     return batch_reduction(rank, axes)
 
@@ -75,6 +93,7 @@ def group_norm(
     >>> tuple(y.shape)
     (2, 4, 6)
     """
+    x, gamma, beta = _as_tensors(x, gamma, beta)
     reduction = group_reduction_for(tuple(x.shape), groups, axis)
     return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
 
@@ -101,6 +120,7 @@ def layer_norm(
 
     gamma and beta have the shape of the normalized dims (in ascending axis order).
     """
+    x, gamma, beta = _as_tensors(x, gamma, beta)
     reduction = layer_reduction_for(tuple(x.shape), axis)
     return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
 
@@ -120,6 +140,7 @@ def batch_norm(
     without them the batch's own statistics are (training). For the batch statistics too, see
     `batch_norm_with_statistics`.
     """
+    x, mean, variance, gamma, beta = _as_tensors(x, mean, variance, gamma, beta)
     reduction = batch_reduction_for(tuple(x.shape), axis)
     epsilon = v.check_epsilon(epsilon)
     if (mean is None) != (variance is None):
@@ -148,6 +169,7 @@ def batch_norm_with_statistics(
     """
     from keras import ops
 
+    x, gamma, beta, mask = _as_tensors(x, gamma, beta, mask)
     reduction = batch_reduction_for(tuple(x.shape), axis)
     y, stats = normalize_with_batch_statistics(
         x, reduction, gamma, beta, v.check_epsilon(epsilon), mask=mask, return_statistics=True

@@ -15,7 +15,7 @@ from typing import Any
 from keras import ops
 
 from normkit.core import fast
-from normkit.core.statistics import Moments, moments, statistics_dtype
+from normkit.core.statistics import Moments, moments, shift_estimate, statistics_dtype, to_statistics_dtype
 
 Tensor = Any
 
@@ -129,22 +129,37 @@ def normalize_with_batch_statistics(
         result = fast.dispatch("normalize_with_batch_statistics", x, reduction, gamma, beta, epsilon)
         if result is not NotImplemented:
             return result
+    if mask is None and return_statistics:
+        # (y, Moments) with keepdims statistics in the statistics dtype, as the portable path returns.
+        result = fast.dispatch("normalize_with_batch_statistics_and_moments", x, reduction, gamma, beta, epsilon)
+        if result is not NotImplemented:
+            return result
 
     param_shape = _param_broadcast_shape(x.shape, reduction)
     gamma_b = None if gamma is None else ops.reshape(gamma, param_shape)
     beta_b = None if beta is None else ops.reshape(beta, param_shape)
     if reduction.group_axis is None:
-        stats = moments(x, reduction.reduction_axes, mask=mask)
-        y = normalize(x, stats.mean, stats.variance, gamma_b, beta_b, epsilon)
+        y, stats = _normalize_shifted(x, reduction.reduction_axes, mask, gamma_b, beta_b, epsilon)
     else:
         original_shape = ops.shape(x)
         grouped = ops.reshape(x, _grouped_shape(x, reduction))
         if mask is not None:
             mask = ops.expand_dims(mask, reduction.group_axis + 1)
-        stats = moments(grouped, reduction.grouped_reduction_axes, mask=mask)
-        y = normalize(grouped, stats.mean, stats.variance, gamma_b, beta_b, epsilon)
+        y, stats = _normalize_shifted(grouped, reduction.grouped_reduction_axes, mask, gamma_b, beta_b, epsilon)
         y = ops.reshape(y, original_shape)
     return (y, stats) if return_statistics else y
+
+
+def _normalize_shifted(
+    x: Tensor, axes: Sequence[int], mask: Tensor | None, gamma: Tensor | None, beta: Tensor | None, epsilon: float
+) -> tuple[Tensor, Moments]:
+    """Two-pass statistics and the normalization, both on x - shift (see `shift_estimate`): the mean is then
+    a small number held to full precision, and (x - shift) - mean loses nothing to a large common offset."""
+    shift = shift_estimate(x, axes, mask=mask)
+    centered = to_statistics_dtype(x) - shift
+    stats = moments(centered, axes, mask=mask)
+    y = ops.cast(normalize(centered, stats.mean, stats.variance, gamma, beta, epsilon), x.dtype)
+    return y, Moments(stats.mean + shift, stats.variance)
 
 
 def normalize_with_given_statistics(
@@ -159,6 +174,9 @@ def normalize_with_given_statistics(
     """Normalizes x with given statistics shaped like the parameters (batch normalization's inference)."""
     if reduction.group_axis is not None:
         raise ValueError("normalize_with_given_statistics takes an ungrouped reduction")
+    result = fast.dispatch("normalize_with_given_statistics", x, reduction, mean, variance, gamma, beta, epsilon)
+    if result is not NotImplemented:
+        return result
     shape = _param_broadcast_shape(x.shape, reduction)
 
     def bcast(t: Tensor | None) -> Tensor | None:
