@@ -6,6 +6,7 @@ and PyTorch.
 """
 
 from normkit import ops
+from normkit.core import fast as _fast
 from normkit.layers import (
     BatchNormalization,
     GroupNormalization,
@@ -14,6 +15,8 @@ from normkit.layers import (
 )
 
 __version__ = "0.1.0"
+
+_fast.load_active_backend()
 
 __all__ = [
     "BatchNormalization",

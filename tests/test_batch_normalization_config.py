@@ -321,7 +321,7 @@ BUILD_ERRORS = [
     ({"fused": True, "axis": -4}, (4, 2, 2, 3), "fused=True, axis=-4"),
     ({"virtual_batch_size": 2, "axis": -2}, (4, 3), "axis=-2 (axis 0 for an input of rank 2), virtual_batch_size=2"),
     ({"axis": 3}, (4, 3), "axis=3"),
-    ({"axis": [1, -1]}, (4, 3), "rank 2. Received: axis=(1, -1)"),
+    ({"axis": [1, -1]}, (4, 3), "rank 2. Received: axis=[1, -1]"),
 ]
 
 

@@ -32,16 +32,27 @@ def enabled() -> bool:
     return os.environ.get("NORMKIT_DISABLE_FAST_PATHS", "") in ("", "0")
 
 
+def _load(backend: str) -> None:
+    if backend in _LOADED:
+        return
+    _LOADED.add(backend)
+    try:
+        importlib.import_module(f"normkit.core.fast.{backend}_backend")
+    except ModuleNotFoundError as error:
+        if error.name != f"normkit.core.fast.{backend}_backend":
+            raise
+
+
 def lookup(name: str) -> Callable[..., Any] | None:
     backend = keras.backend.backend()
-    if backend not in _LOADED:
-        _LOADED.add(backend)
-        try:
-            importlib.import_module(f"normkit.core.fast.{backend}_backend")
-        except ModuleNotFoundError as error:
-            if error.name != f"normkit.core.fast.{backend}_backend":
-                raise
+    _load(backend)
     return _REGISTRY.get((backend, name))
+
+
+def load_active_backend() -> None:
+    """Imports the active backend's fast paths. `import normkit` calls it, so that the first import does not
+    happen inside a traced function (tf.function's autograph would convert the import machinery and warn)."""
+    _load(keras.backend.backend())
 
 
 def dispatch(name: str, *args: Any, **kwargs: Any) -> Any:

@@ -1,0 +1,147 @@
+"""`python -m normkit.bench`: normkit's layers beside the Keras 3 built-ins, the native ops and a copy.
+
+    python -m normkit.bench                       # every case, jax, tensorflow and torch, CPU (and GPU if any)
+    python -m normkit.bench --smoke --out t.md    # tiny shapes, one repetition: checks the harness only
+    python -m normkit.bench --backends torch --only gn_32x56x56x64
+
+Each backend runs in its own process (normkit.bench.worker). The table gives medians in ms of forward and
+forward+backward, and the ratios normkit / Keras built-in, normkit / best native op, normkit / copy of the
+input, and the bytes each keeps for backward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+BACKENDS = ("jax", "tensorflow", "torch")
+COLUMNS = [
+    "backend", "device", "case", "variant",
+    "normkit fwd", "keras fwd", "native fwd", "copy", "fwd/keras", "fwd/native", "fwd/copy",
+    "normkit f+b", "keras f+b", "native f+b", "f+b/keras", "f+b/native", "f+b/copy",
+    "saved normkit", "saved keras", "saved/input",
+]  # fmt: skip
+
+
+def _gpu_available(backend: str) -> bool:
+    code = {
+        "torch": "import torch; print(torch.cuda.is_available())",
+        "jax": "import jax; print(any(d.platform == 'gpu' for d in jax.devices()))",
+        "tensorflow": "import tensorflow as tf; print(bool(tf.config.list_physical_devices('GPU')))",
+    }[backend]
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.stdout.strip().endswith("True")
+
+
+def run_backend(backend: str, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.json")
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env.pop("NORMKIT_DISABLE_FAST_PATHS", None)
+        cmd = [sys.executable, "-m", "normkit.bench.worker", "--cases", "smoke" if args.smoke else "full",
+               "--reps", str(args.reps), "--device", device, "--out", out]  # fmt: skip
+        if args.only:
+            cmd += ["--only", args.only]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if result.returncode != 0:
+            sys.stderr.write(result.stderr[-4000:])
+            raise SystemExit(f"benchmark worker for {backend} failed")
+        with open(out) as f:
+            return json.load(f)
+
+
+def _fmt(v: float | None, digits: int = 2) -> str:
+    return "" if v is None else f"{v:.{digits}f}"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
+    table = []
+    for r in rows:
+        ms = r["ms"]
+        ours, keras_, native, copy = ms["normkit"], ms["keras"], r["native_best"], ms["copy"]["fwd"]
+        saved = r["saved_bytes"]
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return "" if a is None or not b else f"{a / b:.2f}"
+
+        mb = 1 << 20
+        table.append([
+            r["backend"], r["device"], r["label"], f"{r['native_best_name']['fwd']}/{r['native_best_name']['fwdbwd']}",
+            _fmt(ours["fwd"]), _fmt(keras_["fwd"]), _fmt(native["fwd"]), _fmt(copy),
+            ratio(ours["fwd"], keras_["fwd"]), ratio(ours["fwd"], native["fwd"]), ratio(ours["fwd"], copy),
+            _fmt(ours["fwdbwd"]), _fmt(keras_["fwdbwd"]), _fmt(native["fwdbwd"]),
+            ratio(ours["fwdbwd"], keras_["fwdbwd"]), ratio(ours["fwdbwd"], native["fwdbwd"]),
+            ratio(ours["fwdbwd"], copy),
+            "n/m" if "normkit" not in saved else f"{saved['normkit'] / mb:.1f} MB",
+            "n/m" if "keras" not in saved else f"{saved['keras'] / mb:.1f} MB",
+            "n/m" if "normkit" not in saved else f"{saved['normkit'] / r['input_bytes']:.2f}",
+        ])  # fmt: skip
+    return table
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(rows)]
+    gpu = [r for r in rows if r["device"] == "gpu"]
+    if gpu:
+        lines += ["", gpu_section(gpu)]
+    return "\n".join(lines) + "\n"
+
+
+# Bytes a normalization must move at least, in units of the input: forward reads x and writes y (2); forward
+# plus backward also reads x and dy and writes dx (5).
+_MIN_TRAFFIC = {"fwd": 2, "fwdbwd": 5}
+
+
+def gpu_section(rows: list[dict[str, Any]]) -> str:
+    """On a GPU the floor is memory bandwidth: effective GB/s and its share of the copy's bandwidth."""
+    cols = ["backend", "case", "fwd GB/s", "fwd % of copy bw", "f+b GB/s", "f+b % of copy bw", "copy GB/s"]
+    lines = ["GPU: bytes moved / time (minimum traffic: 2x input forward, 5x forward+backward)", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]  # fmt: skip
+    for r in rows:
+        size = r["input_bytes"]
+        copy_bw = 2 * size / (r["ms"]["copy"]["fwd"] * 1e-3)
+        cells = [r["backend"], r["label"]]
+        for mode in ("fwd", "fwdbwd"):
+            bw = _MIN_TRAFFIC[mode] * size / (r["ms"]["normkit"][mode] * 1e-3)
+            cells += [f"{bw / 1e9:.0f}", f"{100 * bw / copy_bw:.0f}%"]
+        cells.append(f"{copy_bw / 1e9:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m normkit.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--smoke", "--quick", action="store_true", help="tiny shapes, one repetition")
+    parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--only", default="", help="comma-separated case names")
+    parser.add_argument("--reps", type=int, default=None)
+    parser.add_argument("--out", default=None, help="write the table (markdown) and a .json beside it")
+    parser.add_argument("--no-gpu", action="store_true")
+    args = parser.parse_args(argv)
+    if args.reps is None:
+        args.reps = 1 if args.smoke else 7
+    rows: list[dict[str, Any]] = []
+    for backend in args.backends.split(","):
+        rows += run_backend(backend, args, "cpu")
+        if not args.no_gpu and not args.smoke and _gpu_available(backend):
+            rows += run_backend(backend, args, "gpu")
+    text = markdown(rows)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

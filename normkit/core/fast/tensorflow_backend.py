@@ -1,0 +1,212 @@
+"""TensorFlow fast paths.
+
+- batch normalization in training, channels-last (any rank, seen as [M, 1, 1, C]): `FusedBatchNormV3`,
+  the kernel tf.keras 2 used, on float32 x shifted by its first sample per channel. Its batch_variance
+  output is Bessel-corrected (n / (n - 1)); it
+  is converted back to the biased variance the layer's moving average and the spec need.
+- group/instance/layer normalization: a `tf.custom_gradient` kernel on the flat view (channels one
+  contiguous axis): statistics shifted by one sample per group (single pass, survives a mean-1e4 input), in
+  float32 for 16-bit data; the analytic backward saves only x, the per-group mean and 1/std.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import tensorflow as tf
+from keras import ops
+
+from normkit.core.fast import register
+from normkit.core.fast._plan import FlatPlan, make_flat_plan, make_plan
+from normkit.core.normalize import Reduction
+from normkit.core.statistics import Moments
+
+_FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
+
+
+def _stat_dtype(dtype: tf.DType) -> tf.DType:
+    return tf.float64 if dtype == tf.float64 else tf.float32
+
+
+def _dynamic_shape(t: tf.Tensor, static: tuple[int | None, ...]) -> list[Any]:
+    dyn = tf.shape(t)
+    return [dyn[i] if d is None else d for i, d in enumerate(static)]
+
+
+def _sum(t: tf.Tensor, axes: tuple[int, ...]) -> tf.Tensor:
+    return tf.reduce_sum(t, axis=list(axes), keepdims=True) if axes else t
+
+
+class _Groups:
+    """Per-group sums of small per-channel tensors, broadcast back to every channel."""
+
+    def __init__(self, fp: FlatPlan) -> None:
+        self.axis = fp.group_axis
+        self.groups = fp.groups
+
+    def _split(self, t: tf.Tensor) -> tuple[tf.Tensor, list[Any]]:
+        shape = _dynamic_shape(t, tuple(t.shape))
+        a = self.axis
+        c = int(t.shape[a])
+        return tf.reshape(t, shape[:a] + [self.groups, c // self.groups] + shape[a + 1 :]), shape
+
+    def sum(self, t: tf.Tensor) -> tf.Tensor:
+        if self.axis is None:
+            return t
+        s, shape = self._split(t)
+        total = tf.reduce_sum(s, axis=self.axis + 1, keepdims=True)
+        return tf.reshape(tf.broadcast_to(total, tf.shape(s)), shape)
+
+    def first(self, t: tf.Tensor) -> tf.Tensor:
+        if self.axis is None:
+            return t
+        s, shape = self._split(t)
+        begin = [0] * len(s.shape)
+        size = [-1] * len(s.shape)
+        size[self.axis + 1] = 1
+        return tf.reshape(tf.broadcast_to(tf.slice(s, begin, size), tf.shape(s)), shape)
+
+
+@lru_cache(maxsize=256)
+def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> Any:
+    plan = fp.plan
+    count = float(fp.count)
+    red = plan.reduced
+    groups = _Groups(fp)
+
+    @tf.custom_gradient
+    def kernel(x: tf.Tensor, gamma: tf.Tensor, beta: tf.Tensor) -> Any:
+        sdt = _stat_dtype(x.dtype)
+        xs = tf.cast(x, sdt)
+        begin = [0] * len(plan.shape)
+        size = [1 if a in red else -1 for a in range(len(plan.shape))]
+        shift = groups.first(tf.slice(xs, begin, size))
+        d = xs - shift
+        m = groups.sum(_sum(d, red)) / count
+        variance = tf.maximum(groups.sum(_sum(tf.square(d), red)) / count - m * m, 0.0)
+        mean = shift + m
+        rstd = tf.math.rsqrt(variance + epsilon)
+        scale = rstd * tf.cast(gamma, sdt) if has_gamma else rstd
+        y = (xs - mean) * scale
+        if has_beta:
+            y = y + tf.cast(beta, sdt)
+
+        def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dy = tf.cast(dy, sdt)
+            xhat = (xs - mean) * rstd
+            gam = tf.cast(gamma, sdt)
+            pre = tuple(a for a in red if a in plan.non_param)
+            if pre:
+                p1 = _sum(dy, pre)
+                p2 = _sum(dy * xhat, pre)
+                rest_r = tuple(a for a in red if a not in pre)
+                rest_p = tuple(a for a in plan.non_param if a not in pre)
+                c1 = groups.sum(_sum(p1 * gam if has_gamma else p1, rest_r)) / count
+                c2 = groups.sum(_sum(p2 * gam if has_gamma else p2, rest_r)) / count
+                dbeta, dgamma = _sum(p1, rest_p), _sum(p2, rest_p)
+            else:
+                g = dy * gam if has_gamma else dy
+                c1 = groups.sum(_sum(g, red)) / count
+                c2 = groups.sum(_sum(g * xhat, red)) / count
+                dbeta, dgamma = _sum(dy, plan.non_param), _sum(dy * xhat, plan.non_param)
+            g = dy * gam if has_gamma else dy
+            dx = rstd * (g - c1 - xhat * c2)
+            dgamma = tf.cast(tf.reshape(dgamma, tf.shape(gamma)), gamma.dtype) if has_gamma else tf.zeros_like(gamma)
+            dbeta = tf.cast(tf.reshape(dbeta, tf.shape(beta)), beta.dtype) if has_beta else tf.zeros_like(beta)
+            return tf.cast(dx, x.dtype), dgamma, dbeta
+
+        return tf.cast(y, x.dtype), grad
+
+    return kernel
+
+
+@register("tensorflow", "normalize_with_batch_statistics")
+def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
+    x = tf.convert_to_tensor(x)
+    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank:
+        return NotImplemented
+    if reduction.group_axis is None and reduction.param_axes != reduction.reduction_axes:
+        result = _fused_batch_norm(x, reduction, gamma, beta, epsilon)
+        return result if result is NotImplemented else result[0]
+    fp = make_flat_plan(tuple(x.shape), reduction)
+    if not fp.count:
+        return NotImplemented
+    plan = fp.plan
+    sdt = _stat_dtype(x.dtype)
+    shape = plan.param_shape
+    g = tf.reshape(ops.convert_to_tensor(gamma), shape) if gamma is not None else tf.ones(shape, sdt)
+    b = tf.reshape(ops.convert_to_tensor(beta), shape) if beta is not None else tf.zeros(shape, sdt)
+    view = tf.reshape(x, _flat_shape(x, fp))
+    y = _kernel(fp, float(epsilon), gamma is not None, beta is not None)(view, g, b)
+    return tf.reshape(y, tf.shape(x))
+
+
+def _flat_shape(x: tf.Tensor, fp: FlatPlan) -> list[Any]:
+    dyn = tf.shape(x)
+    out: list[Any] = []
+    for axes, d in zip(fp.plan.merged, fp.plan.shape, strict=True):
+        if d is not None:
+            out.append(d)
+        else:
+            size = 1
+            for a in axes:
+                size = size * dyn[a]
+            out.append(size)
+    return out
+
+
+def _fused_view(x: tf.Tensor, reduction: Reduction) -> tf.Tensor | None:
+    plan = make_plan(tuple(x.shape), reduction)
+    if plan.kind != "batch_last":
+        return None  # the CPU kernel is NHWC only
+    return tf.reshape(x, [-1, 1, 1, int(plan.shape[-1])])
+
+
+def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
+    view = _fused_view(x, reduction)
+    if view is None or x.dtype == tf.float64:
+        return NotImplemented
+    channels = int(view.shape[-1])
+    scale = tf.cast(ops.convert_to_tensor(gamma), tf.float32) if gamma is not None else tf.ones([channels])
+    offset = tf.cast(ops.convert_to_tensor(beta), tf.float32) if beta is not None else tf.zeros([channels])
+    # Shift each channel by its first sample (exact for nearby values; batch normalization is invariant to
+    # it, so the shift carries no gradient): the CPU kernel's float32 statistics of values near 1e4 are
+    # otherwise off by ~1e-3 after normalization.
+    # (16-bit inputs are not shifted: the subtraction would round in 16 bits.) The mean of the first row
+    # is the row itself, and NaN for an empty batch, whose statistics the layer ignores.
+    shifted = view.dtype == tf.float32
+    if shifted:
+        shift = tf.stop_gradient(tf.reduce_mean(view[:1], axis=0, keepdims=True))
+        view = view - shift
+    y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+        view, tf.reshape(scale, [-1]), tf.reshape(offset, [-1]), epsilon=epsilon, is_training=True
+    )
+    if shifted:
+        mean = mean + tf.reshape(shift, [-1])
+    count = tf.cast(tf.shape(view)[0], tf.float32)
+    # batch_variance is the unbiased one; the layer and the spec want the biased variance.
+    variance = variance * tf.maximum(count - 1.0, 0.0) / count
+    return tf.reshape(y, tf.shape(x)), mean, variance
+
+
+@register("tensorflow", "normalize_with_batch_statistics_and_moments")
+def normalize_with_batch_statistics_and_moments(
+    x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float
+) -> Any:
+    x = tf.convert_to_tensor(x)
+    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank or reduction.group_axis is not None:
+        return NotImplemented
+    if x.shape[0] is not None and x.shape[0] == 0:
+        return NotImplemented
+    result = _fused_batch_norm(x, reduction, gamma, beta, epsilon)
+    if result is NotImplemented:
+        return NotImplemented
+    y, mean, variance = result
+    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
+    return y, Moments(tf.reshape(mean, keep), tf.reshape(variance, keep))
+
+
+# No "normalize_with_given_statistics" (inference) fast path: the native inference kernels compute
+# x * a + (beta - mean * a), which loses the digits of a large common offset (mean 1e4) that the portable
+# (x - mean) * a + beta keeps.

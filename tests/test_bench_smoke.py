@@ -1,0 +1,34 @@
+"""The benchmark harness runs (tiny shapes, one repetition, the backend under test) and its table has the
+promised columns. No timing is asserted: speed lives only in `python -m normkit.bench`."""
+
+from __future__ import annotations
+
+import keras
+
+from normkit.bench import __main__ as bench
+from normkit.bench import worker
+from normkit.bench.cases import full_cases, smoke_cases
+
+
+def test_smoke_run_gives_the_table():
+    rows = [worker.measure(case, reps=1, device="cpu") for case in smoke_cases()[:2]]
+    for row in rows:
+        assert row["backend"] == keras.backend.backend()
+        assert {"normkit", "portable", "keras", "copy"} <= set(row["ms"])
+        assert any(k.startswith("native") for k in row["ms"])
+        assert row["ms"]["normkit"]["fwd"] > 0 and row["ms"]["normkit"]["fwdbwd"] > 0
+    text = bench.markdown(rows)
+    header = text.splitlines()[0]
+    for column in ("fwd/keras", "fwd/native", "fwd/copy", "f+b/keras", "f+b/native", "f+b/copy", "saved normkit"):
+        assert column in header
+    assert len(text.splitlines()) == 2 + len(rows)
+
+
+def test_full_benchmark_covers_the_issue_shapes():
+    shapes = {(c.layer, c.shape, c.policy) for c in full_cases()}
+    for layer in ("GroupNormalization", "InstanceNormalization", "LayerNormalization", "BatchNormalization"):
+        assert (layer, (32, 56, 56, 64), "float32") in shapes
+        assert (layer, (8, 32, 32, 256), "float32") in shapes
+    assert ("LayerNormalization", (64, 512, 768), "float32") in shapes
+    assert any(c.layer == "BatchNormalization" and len(c.shape) == 2 for c in full_cases())
+    assert any(c.policy == "mixed_bfloat16" for c in full_cases())
