@@ -26,6 +26,18 @@ def random_normal(rng: np.random.Generator, shape: Sequence[int], loc: float = 0
     return rng.normal(loc, scale, size=tuple(shape)).astype(dtype)
 
 
+def float64_enabled(dtype: str) -> Any:
+    """A context in which `dtype` arrays exist: JAX keeps float64 only in x64 mode, switched on here for the
+    test's duration (the other backends need nothing)."""
+    import contextlib
+
+    if dtype == "float64" and backend_name() == "jax":
+        import jax
+
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
 def backend_name() -> str:
     return keras.backend.backend()
 
@@ -124,9 +136,9 @@ def layer_autodiff(layer: keras.layers.Layer, x: np.ndarray, upstream: np.ndarra
     raise NotImplementedError(backend)
 
 
-def compile_fn(fn: Callable[..., Any], input_signature: Sequence[tuple] | None = None) -> Callable[..., Any] | None:
-    """The backend's graph compiler around `fn` (jax.jit; tf.function, XLA-compiled unless a None-batch
-    signature is given), or None on torch, whose compiled path is exercised through model.predict/fit."""
+def compile_fn(fn: Callable[..., Any], input_signature: Sequence[tuple] | None = None) -> Callable[..., Any]:
+    """The backend's graph compiler around `fn`: jax.jit; tf.function, XLA-compiled unless a None-batch
+    signature is given; torch.compile (what Keras's torch backend uses for jit_compile=True)."""
     backend = backend_name()
     if backend == "jax":
         import jax
@@ -139,7 +151,9 @@ def compile_fn(fn: Callable[..., Any], input_signature: Sequence[tuple] | None =
             spec = [tf.TensorSpec(shape, "float32") for shape in input_signature]
             return tf.function(fn, input_signature=spec)
         return tf.function(fn, jit_compile=True)
-    return None
+    import torch
+
+    return torch.compile(fn, dynamic=False)
 
 
 def set_weights_random(layer: keras.layers.Layer, rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
+from _helpers import float64_enabled
 from reference_batchnorm import ReferenceBatchNorm, canonical_axes
 
 import normkit
@@ -264,11 +265,12 @@ def adjustment_values(shape: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def check_case(case: Case, steps: int = 3) -> None:
-    if case.input_dtype == "float64" and BACKEND == "jax":
-        import jax
+    # JAX keeps float64 only in x64 mode: switch it on for this case rather than skip it.
+    with float64_enabled(case.input_dtype):
+        _check_case(case, steps)
 
-        if not jax.config.jax_enable_x64:
-            pytest.skip("JAX runs float64 only with jax_enable_x64")
+
+def _check_case(case: Case, steps: int) -> None:
     seen_shapes: list[tuple[Any, ...]] = []
 
     def adjustment(shape):

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 import reference as ref
-from _helpers import apply, assert_close, backend_name, call_layer, random_normal, to_numpy
+from _helpers import apply, assert_close, call_layer, float64_enabled, random_normal, to_numpy
 
 import normkit
 
@@ -209,12 +209,12 @@ POLICIES = [
 @pytest.mark.parametrize("policy,compute,variable,tol", POLICIES, ids=[p[0] for p in POLICIES])
 @pytest.mark.parametrize("case", LAYERS[:1] + LAYERS[2:], ids=[IDS[0]] + IDS[2:])
 def test_dtype_policies(case, policy, compute, variable, tol):
-    _, factory, expected_fn, shape = case
-    if policy == "float64" and backend_name() == "jax":
-        import jax
+    with float64_enabled(policy):
+        _check_dtype_policy(case, policy, compute, variable, tol)
 
-        if not jax.config.jax_enable_x64:
-            pytest.skip("JAX without JAX_ENABLE_X64 has no float64 arrays")
+
+def _check_dtype_policy(case, policy, compute, variable, tol):
+    _, factory, expected_fn, shape = case
     layer, gamma, beta = _built(factory, shape, dtype=policy)
     assert layer.compute_dtype == compute
     assert {v.name: v.dtype for v in layer.weights} == {"gamma": variable, "beta": variable}
