@@ -63,7 +63,7 @@ def batch_reduction(rank: int, axes: Sequence[int]) -> Reduction:
     return Reduction(rank, tuple(axes), tuple(a for a in range(rank) if a not in axes))
 
 
-def _param_broadcast_shape(x_shape: Sequence[Any], reduction: Reduction) -> list[int]:
+def param_broadcast_shape(x_shape: Sequence[Any], reduction: Reduction) -> list[int]:
     """Shape a (flattened) gamma/beta takes to broadcast against x, or against its grouped view."""
     shape = [1] * reduction.rank
     for a in reduction.param_axes:
@@ -135,7 +135,7 @@ def normalize_with_batch_statistics(
         if result is not NotImplemented:
             return result
 
-    param_shape = _param_broadcast_shape(x.shape, reduction)
+    param_shape = param_broadcast_shape(x.shape, reduction)
     gamma_b = None if gamma is None else ops.reshape(gamma, param_shape)
     beta_b = None if beta is None else ops.reshape(beta, param_shape)
     if reduction.group_axis is None:
@@ -177,7 +177,7 @@ def normalize_with_given_statistics(
     result = fast.dispatch("normalize_with_given_statistics", x, reduction, mean, variance, gamma, beta, epsilon)
     if result is not NotImplemented:
         return result
-    shape = _param_broadcast_shape(x.shape, reduction)
+    shape = param_broadcast_shape(x.shape, reduction)
 
     def bcast(t: Tensor | None) -> Tensor | None:
         return None if t is None else ops.reshape(t, shape)

@@ -19,6 +19,7 @@ from normkit.core.normalize import (
     normalize,
     normalize_with_batch_statistics,
     normalize_with_given_statistics,
+    param_broadcast_shape,
 )
 from normkit.core.statistics import moments, reduction_count
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
@@ -313,7 +314,7 @@ class BatchNormalization(AffineNormalization):
     def _train_general(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Training with ghost batches, renorm and/or adjustment: statistics, then one composed affine."""
         reduction = self._reduction
-        x, axes, bshape = inputs, reduction.reduction_axes, _param_broadcast(inputs.shape, reduction)
+        x, axes, bshape = inputs, reduction.reduction_axes, param_broadcast_shape(inputs.shape, reduction)
         if self.virtual_batch_size is not None:
             x, mask = self._ghost_view(inputs, mask)
             # In the [V, n, ...] view: reduce over the V samples of each ghost batch (axis 0) and the other
@@ -546,14 +547,6 @@ def _check_virtual_batch_size(size: Any) -> int | None:
     if size <= 0:
         raise ValueError(f"`virtual_batch_size` must be a positive int. Received: virtual_batch_size={size!r}")
     return int(size)
-
-
-def _param_broadcast(shape: Any, reduction: Reduction) -> list[int]:
-    """The shape gamma/beta/statistics take to broadcast against an input of `shape`."""
-    out = [1] * reduction.rank
-    for a in reduction.param_axes:
-        out[a] = int(shape[a])
-    return out
 
 
 def _input_shape(inputs: Tensor) -> tuple[Any, ...]:
