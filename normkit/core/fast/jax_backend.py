@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from keras import ops
 
 from normkit.core.fast import register
+from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan
 from normkit.core.normalize import Reduction
 from normkit.core.statistics import Moments
@@ -117,26 +118,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         dy = dy.astype(sdt)
         xhat = (xs - mean) * rstd
         gam = gamma.astype(sdt) if has_gamma else None
-        pre = tuple(a for a in red if a in plan.non_param)
-        if pre:
-            # gamma is constant along the reduced non-parameter axes (H, W; the batch for batch norm): sum dy
-            # and dy * xhat over them once and derive all four reductions from those small partial sums.
-            p1 = _sum(dy, pre)
-            p2 = _sum(dy * xhat, pre)
-            rest_r = tuple(a for a in red if a not in pre)
-            rest_p = tuple(a for a in plan.non_param if a not in pre)
-            c1 = groups.sum(_sum(p1 * gam if has_gamma else p1, rest_r)) / count
-            c2 = groups.sum(_sum(p2 * gam if has_gamma else p2, rest_r)) / count
-            dbeta = _sum(p1, rest_p)
-            dgamma = _sum(p2, rest_p)
-        else:
-            g = dy * gam if has_gamma else dy
-            c1 = groups.sum(_sum(g, red)) / count
-            c2 = groups.sum(_sum(g * xhat, red)) / count
-            dbeta = _sum(dy, plan.non_param)
-            dgamma = _sum(dy * xhat, plan.non_param)
-        g = dy * gam if has_gamma else dy
-        dx = rstd * (g - c1 - xhat * c2)
+        dx, dgamma, dbeta = shared_backward(dy, xhat, rstd, gam, plan, count, _sum, groups.sum)
         # Cotangents of the returned statistics (zero unless a caller differentiates through them); the
         # statistics are per channel here, each group's total flows to all of its channels.
         dx = dx + groups.sum(dmean) / count + groups.sum(dvariance) * (2.0 / count) * (xs - mean)

@@ -18,6 +18,7 @@ import tensorflow as tf
 from keras import ops
 
 from normkit.core.fast import register
+from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan, make_plan
 from normkit.core.normalize import Reduction
 from normkit.core.statistics import Moments
@@ -95,23 +96,8 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             dy = tf.cast(dy, sdt)
             xhat = (xs - mean) * rstd
-            gam = tf.cast(gamma, sdt)
-            pre = tuple(a for a in red if a in plan.non_param)
-            if pre:
-                p1 = _sum(dy, pre)
-                p2 = _sum(dy * xhat, pre)
-                rest_r = tuple(a for a in red if a not in pre)
-                rest_p = tuple(a for a in plan.non_param if a not in pre)
-                c1 = groups.sum(_sum(p1 * gam if has_gamma else p1, rest_r)) / count
-                c2 = groups.sum(_sum(p2 * gam if has_gamma else p2, rest_r)) / count
-                dbeta, dgamma = _sum(p1, rest_p), _sum(p2, rest_p)
-            else:
-                g = dy * gam if has_gamma else dy
-                c1 = groups.sum(_sum(g, red)) / count
-                c2 = groups.sum(_sum(g * xhat, red)) / count
-                dbeta, dgamma = _sum(dy, plan.non_param), _sum(dy * xhat, plan.non_param)
-            g = dy * gam if has_gamma else dy
-            dx = rstd * (g - c1 - xhat * c2)
+            gam = tf.cast(gamma, sdt) if has_gamma else None
+            dx, dgamma, dbeta = shared_backward(dy, xhat, rstd, gam, plan, count, _sum, groups.sum)
             dgamma = tf.cast(tf.reshape(dgamma, tf.shape(gamma)), gamma.dtype) if has_gamma else tf.zeros_like(gamma)
             dbeta = tf.cast(tf.reshape(dbeta, tf.shape(beta)), beta.dtype) if has_beta else tf.zeros_like(beta)
             return tf.cast(dx, x.dtype), dgamma, dbeta
