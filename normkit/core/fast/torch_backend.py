@@ -123,13 +123,13 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
     plan = None if dtype is None else _plan(x, reduction)
     if plan is None:
         return NotImplemented
-    xc = x
     w, b = _param(gamma, dtype), _param(beta, dtype)
     if plan.kind.startswith("group"):
-        y = _group_norm(xc, plan, reduction, w, b, epsilon)
+        y = _group_norm(x, plan, reduction, w, b, epsilon)
     elif plan.kind == "layer_trailing":
         shape = tuple(x.shape[reduction.reduction_axes[0] :])
-        if xc.dtype in (torch.float32, torch.float64):
+        xc = x
+        if x.dtype in (torch.float32, torch.float64):
             # Shift each row by its first element (exact; layer normalization is invariant to it): torch's
             # float32 row mean near 1e4 is off by ~1e-3 after normalization otherwise.
             rows = xc.reshape(-1, plan.shape[-1])
@@ -138,7 +138,7 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
             xc, shape, None if w is None else w.reshape(shape), None if b is None else b.reshape(shape), epsilon
         )
     else:
-        result = _batch_norm_training(xc, plan, w, b, epsilon)
+        result = _batch_norm_training(x, plan, w, b, epsilon)
         if result is NotImplemented:
             return NotImplemented
         y = result[0].reshape(x.shape)
@@ -168,8 +168,7 @@ def normalize_with_batch_statistics_and_moments(
     plan = None if dtype is None else _plan(x, reduction)
     if plan is None or not plan.kind.startswith("batch"):
         return NotImplemented
-    xc = x
-    result = _batch_norm_training(xc, plan, _param(gamma, dtype), _param(beta, dtype), epsilon)
+    result = _batch_norm_training(x, plan, _param(gamma, dtype), _param(beta, dtype), epsilon)
     if result is NotImplemented:
         return NotImplemented
     y, mean, variance = result
