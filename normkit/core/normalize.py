@@ -15,7 +15,7 @@ from typing import Any
 from keras import ops
 
 from normkit.core import fast
-from normkit.core.statistics import Moments, moments, shift_estimate, statistics_dtype, to_statistics_dtype
+from normkit.core.statistics import Moments, centered_moments, statistics_dtype
 
 Tensor = Any
 
@@ -153,11 +153,9 @@ def normalize_with_batch_statistics(
 def _normalize_shifted(
     x: Tensor, axes: Sequence[int], mask: Tensor | None, gamma: Tensor | None, beta: Tensor | None, epsilon: float
 ) -> tuple[Tensor, Moments]:
-    """Two-pass statistics and the normalization, both on x - shift (see `shift_estimate`): the mean is then
+    """Two-pass statistics and the normalization, both on x - shift (see `centered_moments`): the mean is then
     a small number held to full precision, and (x - shift) - mean loses nothing to a large common offset."""
-    shift = shift_estimate(x, axes, mask=mask)
-    centered = to_statistics_dtype(x) - shift
-    stats = moments(centered, axes, mask=mask)
+    centered, stats, shift = centered_moments(x, axes, mask=mask)
     y = ops.cast(normalize(centered, stats.mean, stats.variance, gamma, beta, epsilon), x.dtype)
     return y, Moments(stats.mean + shift, stats.variance)
 

@@ -75,8 +75,7 @@ def moments(
         mean = _mean(x, axes)
         variance = _mean(ops.square(x - mean), axes)
     else:
-        weights = ops.cast(mask, x.dtype)
-        weights = ops.broadcast_to(weights, ops.shape(x))
+        weights = _weights(mask, x)
         count = ops.sum(weights, axis=axes, keepdims=True)
         mean = ops.sum(x * weights, axis=axes, keepdims=True) / count
         variance = ops.sum(ops.square(x - mean) * weights, axis=axes, keepdims=True) / count
@@ -98,17 +97,38 @@ def shift_estimate(x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None
     axes = tuple(axes)
     if mask is None:
         return ops.stop_gradient(_mean(x, axes))
-    weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
+    weights = _weights(mask, x)
     count = ops.maximum(ops.sum(weights, axis=axes, keepdims=True), 1.0)
     return ops.stop_gradient(ops.sum(x * weights, axis=axes, keepdims=True) / count)
 
 
+def centered_moments(x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None) -> tuple[Tensor, Moments, Tensor]:
+    """(x - shift, the moments of x - shift, shift), with `shift = shift_estimate(x)`, in the statistics dtype.
+
+    Normalizing the centered values with these moments loses nothing to a large common offset; the moments of
+    x itself are (mean + shift, variance).
+    """
+    shift = shift_estimate(x, axes, mask=mask)
+    centered = to_statistics_dtype(x) - shift
+    return centered, moments(centered, axes, mask=mask), shift
+
+
 def _mean(x: Tensor, axes: tuple[int, ...]) -> Tensor:
     """Mean over `axes` (keepdims) as sum / count: Keras 3.15's torch `ops.mean` reduces float64 in float32."""
-    count = 1
+    return ops.sum(x, axis=axes, keepdims=True) / _element_count(x, axes, x.dtype)
+
+
+def _element_count(x: Tensor, axes: Sequence[int], dtype: str) -> Tensor:
+    """The number of elements of `x` over `axes` (dynamic dims included), as a `dtype` scalar."""
+    count = ops.ones((), dtype=dtype)
     for a in axes:
-        count = count * ops.shape(x)[a]
-    return ops.sum(x, axis=axes, keepdims=True) / ops.cast(count, x.dtype)
+        count = count * ops.cast(ops.shape(x)[a], dtype)
+    return count
+
+
+def _weights(mask: Tensor, x: Tensor, dtype: Any = None) -> Tensor:
+    """A mask as weights (in `dtype`, default x's), broadcast to x's shape: 0 leaves a position out."""
+    return ops.broadcast_to(ops.cast(mask, dtype or x.dtype), ops.shape(x))
 
 
 def sufficient_statistics(
@@ -131,14 +151,11 @@ def sufficient_statistics(
     shift = ops.cast(shift, x.dtype)
     centered = x - shift
     if mask is None:
-        count = 1.0
-        for a in axes:
-            count = count * ops.cast(ops.shape(x)[a], x.dtype)
-        count = ops.cast(count, x.dtype)
+        count = _element_count(x, axes, x.dtype)
         shifted_sum = ops.sum(centered, axis=axes, keepdims=keepdims)
         shifted_sum_of_squares = ops.sum(ops.square(centered), axis=axes, keepdims=keepdims)
     else:
-        weights = ops.broadcast_to(ops.cast(mask, x.dtype), ops.shape(x))
+        weights = _weights(mask, x)
         count = ops.sum(weights, axis=axes, keepdims=keepdims)
         shifted_sum = ops.sum(centered * weights, axis=axes, keepdims=keepdims)
         shifted_sum_of_squares = ops.sum(ops.square(centered) * weights, axis=axes, keepdims=keepdims)
@@ -161,15 +178,12 @@ def reduction_count(
     dtype = statistics_dtype(_dtype_name(x))
     axes = tuple(axes)
     if mask is None:
-        count = ops.ones((), dtype=dtype)
-        for a in axes:
-            count = count * ops.cast(ops.shape(x)[a], dtype)
+        count = _element_count(x, axes, dtype)
         stats_shape = [1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))]
         count = ops.broadcast_to(count, stats_shape)
         return count if keepdims else ops.squeeze(count, axis=axes)
     # The same weights `moments` uses, so that the count matches the statistics it goes with.
-    weights = ops.broadcast_to(ops.cast(mask, dtype), ops.shape(x))
-    return ops.sum(weights, axis=axes, keepdims=keepdims)
+    return ops.sum(_weights(mask, x, dtype), axis=axes, keepdims=keepdims)
 
 
 def moments_from_sufficient_statistics(stats: SufficientStatistics) -> Moments:

@@ -26,6 +26,7 @@ def backward(
     """
     red = plan.reduced
     pre = tuple(a for a in red if a in plan.non_param)
+    g = dy if gamma is None else dy * gamma
     if pre:
         # gamma is constant along the reduced non-parameter axes (H, W; the batch for batch norm): sum dy and
         # dy * xhat over them once and derive all four reductions from those small partial sums.
@@ -36,9 +37,7 @@ def backward(
         c1 = group_sum(sum_(p1 if gamma is None else p1 * gamma, rest_r)) / count
         c2 = group_sum(sum_(p2 if gamma is None else p2 * gamma, rest_r)) / count
         dbeta, dgamma = sum_(p1, rest_p), sum_(p2, rest_p)
-        g = dy if gamma is None else dy * gamma
     else:
-        g = dy if gamma is None else dy * gamma
         c1 = group_sum(sum_(g, red)) / count
         c2 = group_sum(sum_(g * xhat, red)) / count
         dbeta, dgamma = sum_(dy, plan.non_param), sum_(dy * xhat, plan.non_param)
