@@ -516,6 +516,21 @@ def test_ghost_batches_are_strided() -> None:
         np.testing.assert_allclose(y[j::2], expected, rtol=1e-4, atol=1e-4)
 
 
+def test_large_offset_in_ghost_batch_training() -> None:
+    """Ghost batches (the `_train_general` path, shared with renorm and adjustment) normalize mean-1e4 / std-1
+    float32 data as precisely as the plain path.
+
+    A bare (x - mean) with a float32 mean near 1e4 is 0.5-1 ulp (5e-4 to 1e-3) off, which is that many
+    standard deviations (1.4e-3 here before the fix); normalizing x - shift keeps the error near 1e-7.
+    """
+    x = (1e4 + np.random.default_rng(10).normal(size=(8, 5, 3))).astype("float32")
+    y = to_numpy(normkit.BatchNormalization(virtual_batch_size=4)(x, training=True))
+    v = x.astype(np.float64).reshape(4, 2, 5, 3)  # ghost batch j = samples j, j + 2, ...
+    mean, var = v.mean(axis=(0, 2), keepdims=True), v.var(axis=(0, 2), keepdims=True)
+    expected = ((v - mean) / np.sqrt(var + 1e-3)).reshape(x.shape)
+    np.testing.assert_allclose(y, expected, rtol=0, atol=1e-5)
+
+
 def test_reference_gradients_match_finite_differences() -> None:
     """The NumPy reference's analytic gradients (renorm, ghost batches, mask, adjustment) are right."""
     rng = np.random.default_rng(9)

@@ -21,7 +21,7 @@ from normkit.core.normalize import (
     normalize_with_given_statistics,
     param_broadcast_shape,
 )
-from normkit.core.statistics import moments, reduction_count
+from normkit.core.statistics import centered_moments, reduction_count
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
 
 Tensor = Any
@@ -321,17 +321,19 @@ class BatchNormalization(AffineNormalization):
             # non-feature axes; axis 1 (which ghost batch) is kept.
             axes = (0, *(a + 1 for a in reduction.reduction_axes if a != 0))
             bshape = [1, *bshape]
-        stats = moments(x, axes, mask=mask)
-        mean, variance = stats.mean, stats.variance
         count = None if mask is None else reduction_count(x, axes, mask=mask)
+        # Normalize x - shift with its own moments, as the core does (a large common offset costs no digits);
+        # the batch statistics for renorm and the moving averages are the moments of x itself.
+        x, stats, shift = centered_moments(x, axes, mask=mask)
+        mean, variance = stats.mean, stats.variance
         if self.virtual_batch_size is not None:
             # One update per call, toward the averages over ghost batches (tf.keras 2), not a sequence of them.
-            batch_mean = ops.mean(mean, axis=1, keepdims=True)
+            batch_mean = ops.mean(mean + shift, axis=1, keepdims=True)
             batch_variance = ops.mean(variance, axis=1, keepdims=True)
             if count is not None:
                 count = ops.sum(count, axis=1, keepdims=True)
         else:
-            batch_mean, batch_variance = mean, variance
+            batch_mean, batch_variance = mean + shift, variance
 
         dtype = mean.dtype
         scale = ops.ones((), dtype) if self.gamma is None else ops.reshape(ops.cast(self.gamma, dtype), bshape)
@@ -346,6 +348,7 @@ class BatchNormalization(AffineNormalization):
             adj_scale, adj_bias = ops.cast(adj_scale, dtype), ops.cast(adj_bias, dtype)
             inner_scale, inner_offset = adj_scale * inner_scale, adj_scale * inner_offset + adj_bias
         y = normalize(x, mean, variance, scale * inner_scale, scale * inner_offset + offset, self.epsilon)
+        y = ops.cast(y, inputs.dtype)  # x is the centered copy in the statistics dtype
         if self.virtual_batch_size is not None:
             y = ops.reshape(y, ops.shape(inputs))
         return y, batch_mean, batch_variance, count
