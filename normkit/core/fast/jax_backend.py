@@ -7,11 +7,13 @@ fused element-wise pass over x. All element-wise work runs on the "flat" view (e
 group normalization): XLA's CPU code is ten times slower on a grouped [N, H*W, G, C/G] view with a small
 last axis, which is what makes the Keras built-in slow.
 
-Backward (`jax.custom_vjp`) saves only x, the per-group mean and 1/sqrt(var + eps) (and gamma):
+Backward (`jax.custom_vjp`) saves only x, the per-group shift and mean of x - shift, and 1/sqrt(var + eps) (and
+gamma):
 
     dx = rstd * (g - mean_R(g) - xhat * mean_R(g * xhat)),  g = dy * gamma,  xhat = (x - mean) * rstd
 
-with dgamma = sum(dy * xhat), dbeta = sum(dy) over the non-parameter axes.
+with dgamma = sum(dy * xhat), dbeta = sum(dy) over the non-parameter axes; xhat is formed as
+((x - shift) - mean(x - shift)) * rstd, so that a large common offset costs no digits.
 """
 
 from __future__ import annotations
@@ -98,30 +100,31 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         d = xs - shift
         m = groups.sum(_sum(d, red)) / count
         variance = jnp.maximum(groups.sum(_sum(d * d, red)) / count - m * m, 0.0)
-        mean = shift + m
         rstd = jax.lax.rsqrt(variance + epsilon)
         scale = rstd * gamma.astype(sdt) if has_gamma else rstd
-        y = (xs - mean) * scale
+        # (x - shift) - m, not x - (shift + m): the float32 sum shift + m near 1e4 is up to half an ulp
+        # (4.9e-4) off, that many standard deviations of a std-1 input.
+        y = (d - m) * scale
         if has_beta:
             y = y + beta.astype(sdt)
-        return (y.astype(x.dtype), mean, variance), (x, mean, rstd, gamma)
+        return (y.astype(x.dtype), shift + m, variance), (x, shift, m, rstd, gamma)
 
     @jax.custom_vjp
     def kernel(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> Any:
         return forward(x, gamma, beta)[0]
 
     def backward(residuals: Any, cotangents: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-        x, mean, rstd, gamma = residuals
+        x, shift, m, rstd, gamma = residuals
         dy, dmean, dvariance = cotangents
-        sdt = mean.dtype
-        xs = x.astype(sdt)
+        sdt = m.dtype
+        centered = (x.astype(sdt) - shift) - m
         dy = dy.astype(sdt)
-        xhat = (xs - mean) * rstd
+        xhat = centered * rstd
         gam = gamma.astype(sdt) if has_gamma else None
         dx, dgamma, dbeta = shared_backward(dy, xhat, rstd, gam, plan, count, _sum, groups.sum)
         # Cotangents of the returned statistics (zero unless a caller differentiates through them); the
         # statistics are per channel here, each group's total flows to all of its channels.
-        dx = dx + groups.sum(dmean) / count + groups.sum(dvariance) * (2.0 / count) * (xs - mean)
+        dx = dx + groups.sum(dmean) / count + groups.sum(dvariance) * (2.0 / count) * centered
         dgamma = dgamma.reshape(gamma.shape).astype(gamma.dtype) if has_gamma else jnp.zeros_like(gamma)
         dbeta_out = dbeta.reshape(plan.param_shape).astype(sdt) if has_beta else jnp.zeros(plan.param_shape, sdt)
         return dx.astype(x.dtype), dgamma, dbeta_out

@@ -86,16 +86,16 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         d = xs - shift
         m = groups.sum(_sum(d, red)) / count
         variance = tf.maximum(groups.sum(_sum(tf.square(d), red)) / count - m * m, 0.0)
-        mean = shift + m
         rstd = tf.math.rsqrt(variance + epsilon)
         scale = rstd * tf.cast(gamma, sdt) if has_gamma else rstd
-        y = (xs - mean) * scale
+        # (x - shift) - m, not x - (shift + m): the float32 sum near 1e4 is up to 4.9e-4 off.
+        y = (d - m) * scale
         if has_beta:
             y = y + tf.cast(beta, sdt)
 
         def grad(dy: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
             dy = tf.cast(dy, sdt)
-            xhat = (xs - mean) * rstd
+            xhat = ((xs - shift) - m) * rstd
             gam = tf.cast(gamma, sdt) if has_gamma else None
             dx, dgamma, dbeta = shared_backward(dy, xhat, rstd, gam, plan, count, _sum, groups.sum)
             dgamma = tf.cast(tf.reshape(dgamma, tf.shape(gamma)), gamma.dtype) if has_gamma else tf.zeros_like(gamma)

@@ -1,20 +1,33 @@
-"""PyTorch fast paths: the native fused kernels where their semantics match normkit's exactly.
+"""PyTorch fast paths: the native fused kernels where their semantics match normkit's, guarded for numerics.
 
-- group normalization (Group/Instance layers): `F.group_norm` (biased variance, epsilon inside the square
-  root, per (sample, group) over the group's channels and every other non-batch axis: the TFA semantics);
-  channels-first inputs go straight in; channels-last (NHWC) inputs are transposed to a contiguous NCHW copy
-  (torch's channels-last kernel uses a one-pass E[x^2] - E[x]^2 variance that fails at mean 1e4).
+- group normalization (Group/Instance layers), biased variance with epsilon inside the square root, per
+  (sample, group) over the group's channels and every other non-batch axis (the TFA semantics):
+  - channels first: `F.group_norm` on x shifted by one sample per group;
+  - channels last (NHWC) on the CPU: torch's channels-last kernel on the same memory (no transpose), under a
+    guard (below), and an analytic NHWC backward (`_GroupNormChannelsLast`) that saves only the shifted x and
+    the per-group statistics. torch's own channels-last backward is 3-6x slower than the forward;
+  - channels last elsewhere (CUDA, torch.compile, 16-bit): one transpose+shift pass to NCHW, `F.group_norm`.
 - layer normalization over trailing axes: `F.layer_norm`.
-- batch normalization (training) on a channels-last [M, C] or channels-first [N, C, S] view:
-  `F.batch_norm`. Its batch statistics are read back through a throw-away running-statistics pair with
-  momentum 1 (running_mean = batch mean exactly; running_var = the unbiased variance, converted back to
-  the biased one); the layer does its own moving-average update.
+- batch normalization (training) on a channels-last [M, C] or channels-first [N, C, S] view: `F.batch_norm`.
+  Its batch statistics are read back through a throw-away running-statistics pair with momentum 1
+  (running_mean = batch mean exactly; running_var = the unbiased variance, converted back to the biased one);
+  the layer does its own moving-average update.
 
-All of them save only x (as a view), the per-group mean and 1/std for backward and have fused CPU/CUDA
-backward kernels. 16-bit inputs go in as they are with float32 gamma/beta: torch's "mixed type" kernels
-accumulate the statistics in float32 and save only the 16-bit x (a float32 copy would double the bytes kept
-for backward); other dtypes fall back. Layouts and reductions the kernels do not cover fall back to the
-portable path.
+The guard. The native CPU kernels lose digits when the mean is large against the standard deviation: the
+channels-last group-norm kernel computes E[x^2] - E[x]^2 (output error ~5e-6 * c^2 for c = |mean| / std), the
+layer- and batch-norm kernels round a float32 mean (~6e-7 * c and ~2e-6 * c). So x is first shifted by a
+cheap estimate of its mean (the mean of up to 64 evenly spaced samples per statistic; skipped when those
+samples say the mean is already small), the kernel runs, and the condition number c = |mean| * rstd it
+returns for the shifted data is checked on the host (CPU: no device sync to pay). Above a per-kernel limit the
+data is shifted again by the kernel's own mean (then c ~ 0) and the kernel re-run; one more failure falls
+back to the two-pass portable formula. A mean-1e4/std-1 input therefore costs one extra shift pass, and the
+common case runs at the native kernel's speed. Under torch.compile (no host checks in a graph) and on
+non-CPU devices the unguarded paths shift unconditionally.
+
+All of them save only x (or its shifted copy), the per-group mean and 1/std for backward. 16-bit inputs go
+in as they are with float32 gamma/beta: torch's "mixed type" kernels accumulate the statistics in float32 and
+save only the 16-bit x (a float32 copy would double the bytes kept for backward); other dtypes fall back.
+Layouts and reductions the kernels do not cover fall back to the portable path.
 """
 
 from __future__ import annotations
@@ -59,6 +72,136 @@ def _plan(x: torch.Tensor, reduction: Reduction) -> Plan | None:
     return plan if plan.kind else None
 
 
+# ------------------------------------------------------------------------------------------- the guard
+
+# Largest condition number c = |mean| * rstd (of the data the kernel sees) each CPU kernel is trusted with;
+# the output error at the limit is ~5e-6 (group norm, channels last), ~5e-6 (layer norm), ~1.5e-5 (batch
+# norm over 1e5 rows), the accuracy of the float32 kernels on centered data.
+_GROUP_LAST_LIMIT = 1.0
+_LAYER_LIMIT = 8.0
+_BATCH_LIMIT = 2.0
+# Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
+# the limits).
+_SHIFT_BELOW = 0.25
+_SAMPLES = 64
+
+
+def _guarded(x: torch.Tensor) -> bool:
+    """Whether the guarded native-kernel paths apply: float32/float64 on the CPU, outside torch.compile."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and not torch.compiler.is_compiling()
+
+
+def _condition(mean: torch.Tensor, rstd: torch.Tensor) -> float:
+    """max |mean| * rstd; a NaN statistic (NaN in the data) does not count: its group is NaN on every path."""
+    return float(torch.nan_to_num(mean.detach().abs() * rstd.detach(), nan=0.0).max())
+
+
+def _sample_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Up to _SAMPLES evenly spaced slices of t along `dim` (a view)."""
+    step = max(1, t.shape[dim] // _SAMPLES)
+    return t[(slice(None),) * dim + (slice(0, step * _SAMPLES, step),)]
+
+
+def _shift_from_sample(sample: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """The sample's mean over `dims` as the shift, or None when the sample says it is not needed."""
+    var, mean = torch.var_mean(sample.detach(), dim=dims, correction=0)
+    c = torch.nan_to_num(mean.abs() * torch.rsqrt(var + 1e-30), nan=0.0, posinf=1e30)
+    return None if float(c.max()) <= _SHIFT_BELOW else mean
+
+
+# ------------------------------------------------------------------------- group norm, channels last
+
+
+def _per_channel(stat: torch.Tensor, channels: int) -> torch.Tensor:
+    """[N, G] per-group values -> [N, 1, C] (each group's value for all of its channels)."""
+    n, groups = stat.shape
+    return stat.reshape(n, 1, groups, 1).expand(n, 1, groups, channels // groups).reshape(n, 1, channels)
+
+
+def _channels_last_kernel(xs: torch.Tensor, w: Any, b: Any, groups: int, eps: float) -> tuple[torch.Tensor, ...]:
+    """torch's channels-last group-norm kernel on [N, S, C] memory as it lies: (y [N, S, C], mean, rstd)."""
+    n, s, c = xs.shape
+    nc_s1 = xs.view(n, s, 1, c).permute(0, 3, 1, 2)  # [N, C, S, 1] with channels-last strides
+    y, mean, rstd = torch.native_group_norm(nc_s1, w, b, n, c, s, groups, eps)
+    return y.permute(0, 2, 3, 1).reshape(n, s, c), mean, rstd
+
+
+def _channels_last_forward(nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: float) -> tuple[torch.Tensor, ...]:
+    """(y, xs, mean, rstd): y from the channels-last kernel on xs = x - shift, with the guard of the module
+    docstring; mean is the mean of xs. Falls back to two-pass statistics of xs if the guard fails twice."""
+    n, s, c = nsc.shape
+    sample = _sample_rows(nsc, 1).reshape(n, -1, groups, c // groups)
+    shift = _shift_from_sample(sample, (1, 3))
+    xs = nsc if shift is None else nsc - _per_channel(shift, c)
+    for _attempt in range(2):
+        y, mean, rstd = _channels_last_kernel(xs, w, b, groups, eps)
+        if _condition(mean, rstd) <= _GROUP_LAST_LIMIT:
+            return y, xs, mean, rstd
+        # Shift again by the kernel's own mean: its error is far below the standard deviation.
+        xs = xs - _per_channel(mean.to(xs.dtype), c)
+    # Two-pass statistics of xs (only reached by a spread so small that c stays large after two shifts).
+    grouped = xs.reshape(n, s, groups, c // groups)
+    mean = grouped.mean(dim=(1, 3))
+    centered = xs - _per_channel(mean, c)
+    variance = centered.square().reshape(n, s, groups, c // groups).mean(dim=(1, 3))
+    rstd = torch.rsqrt(variance + eps)
+    y = centered * _per_channel(rstd, c)
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y, xs, mean, rstd
+
+
+class _GroupNormChannelsLast(torch.autograd.Function):
+    """Group normalization of [N, S, C] in place (no transpose), with an analytic backward in the same layout.
+
+    Saves xs (the shifted x), the per-group mean (of xs) and rstd, and gamma. With g = dy * gamma and M the
+    elements per group:
+
+        dx = rstd * (g - mean_group(g) - xhat * mean_group(g * xhat))
+           = a[n, c] * dy + b[n, g] * xs + d[n, g]
+
+    from two per-(sample, channel) sums over S, sum(dy) and sum(dy * xs), so the backward reads dy and xs
+    twice and writes dx once; dgamma and dbeta come from the same sums.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: float) -> torch.Tensor:
+        y, xs, mean, rstd = _channels_last_forward(nsc, w, b, groups, eps)
+        ctx.save_for_backward(xs, mean, rstd, w)
+        ctx.groups = groups
+        ctx.has_beta = b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy: torch.Tensor) -> tuple[Any, ...]:
+        xs, mean, rstd, w = ctx.saved_tensors
+        n, s, c = xs.shape
+        groups = ctx.groups
+        dy = dy.contiguous()
+        sum_dy = dy.sum(1)  # [N, C]
+        work = torch.mul(dy, xs)  # reused below for dx
+        sum_dy_xs = work.sum(1)
+        mean_c, rstd_c = _per_channel(mean, c)[:, 0], _per_channel(rstd, c)[:, 0]
+        sum_dy_xhat = rstd_c * (sum_dy_xs - mean_c * sum_dy)  # [N, C]
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        dw = sum_dy_xhat.sum(0) if (w is not None and need_w) else None
+        db = sum_dy.sum(0) if (ctx.has_beta and need_b) else None
+        dx = None
+        if need_x:
+            g_sum, g_xhat_sum = (sum_dy, sum_dy_xhat) if w is None else (sum_dy * w, sum_dy_xhat * w)
+            count = s * (c // groups)
+            mean_g = g_sum.reshape(n, groups, -1).sum(2) / count  # [N, G]
+            mean_g_xhat = g_xhat_sum.reshape(n, groups, -1).sum(2) / count
+            a = rstd_c if w is None else rstd_c * w
+            coef = _per_channel(-rstd * rstd * mean_g_xhat, c)
+            const = _per_channel(rstd * (mean * rstd * mean_g_xhat - mean_g), c)
+            dx = torch.addcmul(const, dy, a[:, None, :], out=work)
+            dx.addcmul_(xs, coef)
+        return dx, dw, db, None, None
+
+
 def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: Any, eps: float) -> torch.Tensor:
     """F.group_norm on x shifted by one sample of each (sample, group).
 
@@ -76,10 +219,13 @@ def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: An
             xg = x.reshape(n, groups, -1)
             x = (xg - xg[:, :, :1].detach()).reshape(x.shape)
         return F.group_norm(x, groups, w, b, eps)
-    # Channels last: [N, S, C] -> a contiguous [N, C, S] copy. torch's channels-last CPU kernel (the no-copy
-    # route) computes the variance as E[x^2] - E[x]^2 and fails the mean-1e4 test, and its backward is slower
-    # than a transpose plus the contiguous kernel's. The result is handed back as an [N, ..., C] view.
     c = x.shape[-1]
+    if _guarded(x):
+        y = _GroupNormChannelsLast.apply(x.reshape(n, -1, c), w, b, groups, eps)
+        return y.reshape(x.shape)
+    # Channels last elsewhere: [N, S, C] -> a contiguous [N, C, S] copy. torch's channels-last CPU kernel (the no-copy
+    # route) computes the variance as E[x^2] - E[x]^2, unusable without the guard's host check, and its
+    # backward is slower than a transpose plus the contiguous kernel's. The result is an [N, ..., C] view.
     nsc = x.reshape(n, -1, c)
     if shift_it:
         # The first position's value of each group's first channel, for all of the group's channels.
@@ -128,15 +274,19 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
         y = _group_norm(x, plan, reduction, w, b, epsilon)
     elif plan.kind == "layer_trailing":
         shape = tuple(x.shape[reduction.reduction_axes[0] :])
+        w_, b_ = (None if w is None else w.reshape(shape)), (None if b is None else b.reshape(shape))
+        if _guarded(x):
+            # Optimistic: the kernel on x itself (it returns the statistics the guard needs).
+            y, mean, rstd = torch.native_layer_norm(x, shape, w_, b_, epsilon)
+            if _condition(mean, rstd) <= _LAYER_LIMIT:
+                return y
         xc = x
         if x.dtype in (torch.float32, torch.float64):
             # Shift each row by its first element (exact; layer normalization is invariant to it): torch's
             # float32 row mean near 1e4 is off by ~1e-3 after normalization otherwise.
             rows = xc.reshape(-1, plan.shape[-1])
             xc = (rows - rows[:, :1].detach()).reshape(x.shape)
-        y = F.layer_norm(
-            xc, shape, None if w is None else w.reshape(shape), None if b is None else b.reshape(shape), epsilon
-        )
+        y = F.layer_norm(xc, shape, w_, b_, epsilon)
     else:
         result = _batch_norm_training(x, plan, w, b, epsilon)
         if result is NotImplemented:
@@ -146,14 +296,41 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
 
 
 def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float) -> Any:
+    """(y, batch mean, biased batch variance) from F.batch_norm, or NotImplemented.
+
+    On the CPU the guard of the module docstring applies: x is shifted by a sampled per-channel mean when
+    that is not small against the spread (the statistics of x are those of the shifted data plus the shift).
+    """
     view = _batch_view(x, plan)
     count = view.numel() // view.shape[1]
     if count < 2:
         return NotImplemented  # torch refuses a single value per channel in training
+    if not _guarded(x):
+        return _batch_norm_kernel(view, w, b, eps, count)
+    if view.dim() == 2:  # [M, C]
+        shift = _shift_from_sample(_sample_rows(view, 0), (0,))
+    else:  # [N, C, S]
+        shift = _shift_from_sample(_sample_rows(view, 2), (0, 2))
+    for _attempt in range(2):
+        shifted = view if shift is None else view - _channel_column(shift.detach(), view)
+        y, mean, variance = _batch_norm_kernel(shifted, w, b, eps, count)
+        if _condition(mean, torch.rsqrt(variance + eps)) <= _BATCH_LIMIT:
+            break
+        shift = mean if shift is None else shift + mean  # shift again by the kernel's own mean
+    else:
+        return NotImplemented  # the portable two-pass path
+    return y, mean if shift is None else mean + shift, variance
+
+
+def _channel_column(per_channel: torch.Tensor, view: torch.Tensor) -> torch.Tensor:
+    return per_channel if view.dim() == 2 else per_channel.reshape(-1, 1)
+
+
+def _batch_norm_kernel(view: torch.Tensor, w: Any, b: Any, eps: float, count: int) -> tuple[torch.Tensor, ...]:
     channels = view.shape[1]
-    sdt = torch.float32 if x.dtype in _LOW else x.dtype
-    running_mean = torch.zeros(channels, dtype=sdt, device=x.device)
-    running_var = torch.zeros(channels, dtype=sdt, device=x.device)
+    sdt = torch.float32 if view.dtype in _LOW else view.dtype
+    running_mean = torch.zeros(channels, dtype=sdt, device=view.device)
+    running_var = torch.zeros(channels, dtype=sdt, device=view.device)
     y = F.batch_norm(view, running_mean, running_var, w, b, training=True, momentum=1.0, eps=eps)
     variance = running_var * ((count - 1) / count)  # torch stores the unbiased batch variance
     return y, running_mean, variance

@@ -1,0 +1,265 @@
+"""Large reductions at a large offset, and the guard of torch's native CPU kernels.
+
+The other numerics tests use small shapes, where even a float32 running sum of values near 1e4 is accurate
+enough. Here each statistic covers 16k-64k values, where a float32 mean near 1e4 is a few ulp off and a
+one-pass variance is meaningless: every path must still meet the spec's 1e-3 at mean 1e4 / std 1.
+
+The torch part checks the guard (normkit/core/fast/torch_backend.py) branch by branch: the native kernel on
+data it is accurate for, a second shift when the sampled shift was misleading, and the two-pass fallback
+when the guard keeps failing, each against the float64 reference, forward and gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import keras
+import numpy as np
+import pytest
+from _helpers import autodiff, backend_name, float64_enabled
+
+import normkit
+
+BACKEND = backend_name()
+OFFSET_TOL = 1e-3  # the spec's bound at mean 1e4 / std 1
+# What float32 gives when the offset costs no digits (about 10x the unit-scale rounding of a few passes):
+# forming x - (shift + mean) instead of (x - shift) - mean already misses it by ~10x at mean 1e4.
+PRECISE_TOL = 1e-4
+
+
+def _rng_data(shape: tuple[int, ...], loc: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.normal(loc, 1.0, size=shape).astype("float32"), rng.normal(size=shape).astype("float32")
+
+
+def _params(channels: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    # gamma up to 3: an error in the mean counts three times in y.
+    return rng.uniform(0.5, 3.0, channels).astype("float32"), rng.normal(size=channels).astype("float32")
+
+
+def _normalize_grad(x: np.ndarray, gamma_b: np.ndarray, ct: np.ndarray, axes: tuple[int, ...], eps: float) -> Any:
+    """float64 gradient of sum(ct * ((x - mean) / sqrt(var + eps) * gamma + beta)) w.r.t. x, for statistics
+    over `axes` (keepdims), written from the definition: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))."""
+    x = x.astype(np.float64)
+    mean = x.mean(axis=axes, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=axes, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    g = ct.astype(np.float64) * gamma_b
+    return rstd * (g - g.mean(axis=axes, keepdims=True) - xhat * (g * xhat).mean(axis=axes, keepdims=True))
+
+
+# name -> (layer factory, the same normalization as a pure function of (x, gamma, beta) for autodiff,
+#          input shape, (the view of x the statistics are taken on, its reduced axes))
+CASES = {
+    "batch_dense_16k_rows": (
+        lambda: normkit.BatchNormalization(),
+        lambda x, g, b: normkit.ops.batch_norm(x, None, None, g, b),
+        (16384, 8),
+        ((16384, 8), (0,)),
+    ),
+    "batch_nhwc_32k_per_channel": (
+        lambda: normkit.BatchNormalization(),
+        lambda x, g, b: normkit.ops.batch_norm(x, None, None, g, b),
+        (8, 64, 64, 4),
+        ((8, 64, 64, 4), (0, 1, 2)),
+    ),
+    "group_nhwc_32k_per_group": (
+        lambda: normkit.GroupNormalization(groups=2),
+        lambda x, g, b: normkit.ops.group_norm(x, g, b, groups=2),
+        (2, 128, 128, 4),
+        ((2, 128, 128, 2, 2), (1, 2, 4)),
+    ),
+    "instance_nhwc_16k_per_channel": (
+        lambda: normkit.InstanceNormalization(),
+        lambda x, g, b: normkit.ops.instance_norm(x, g, b),
+        (2, 128, 128, 3),
+        ((2, 128, 128, 3), (1, 2)),
+    ),
+    "layer_64k_features": (
+        lambda: normkit.LayerNormalization(),
+        lambda x, g, b: normkit.ops.layer_norm(x, g, b),
+        (2, 65536),
+        ((2, 65536), (1,)),
+    ),
+}
+
+
+def _reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, view: tuple, ct: np.ndarray) -> tuple:
+    """(y, dx) in float64: normalize over `view`'s reduced axes with gamma/beta on the last axis of x."""
+    shape, axes = view
+    xv = x.astype(np.float64).reshape(shape)
+    mean = xv.mean(axis=axes, keepdims=True)
+    var = ((xv - mean) ** 2).mean(axis=axes, keepdims=True)
+    xhat = ((xv - mean) / np.sqrt(var + 1e-3)).reshape(x.shape)
+    y = xhat * gamma + beta
+    gamma_v = np.broadcast_to(gamma, x.shape).reshape(shape)
+    dx = _normalize_grad(xv, gamma_v, ct.reshape(shape), axes, 1e-3).reshape(x.shape)
+    return y, dx
+
+
+def _layer_with(factory: Callable[[], Any], shape: tuple[int, ...]) -> tuple[Any, np.ndarray, np.ndarray]:
+    layer = factory()
+    layer.build(shape)
+    gamma, beta = _params(shape[-1])
+    layer.gamma.assign(gamma)
+    layer.beta.assign(beta)
+    return layer, gamma, beta
+
+
+@pytest.mark.parametrize("loc", [1e4, -3e3])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_large_reduction_at_large_offset(name, loc):
+    factory, fn, shape, view = CASES[name]
+    layer, gamma, beta = _layer_with(factory, shape)
+    x, ct = _rng_data(shape, loc)
+    kwargs = {"training": True} if isinstance(layer, normkit.BatchNormalization) else {}
+    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    y = keras.ops.convert_to_numpy(layer(x, **kwargs))
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=PRECISE_TOL, err_msg="y")
+    dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max(), err_msg="dx")
+
+
+def test_large_batch_moving_statistics_at_large_offset():
+    layer, _, _ = _layer_with(lambda: normkit.BatchNormalization(momentum=0.0), (16384, 8))
+    x, _ = _rng_data((16384, 8), 1e4)
+    layer(x, training=True)
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), x64.mean(0), rtol=1e-7, atol=0)
+    # momentum 0 with the Bessel correction of the fused rule (rank 2 is not fused: biased variance).
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), x64.var(0), rtol=2e-3)
+
+
+# ------------------------------------------------------------------------------- torch: the guard
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the guard of torch's native CPU kernels")
+
+
+class _Counter:
+    """Wraps a module function, counting calls."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+        self.calls = 0
+        original = getattr(module, name)
+
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapped)
+
+
+def _torch_group_case(x: np.ndarray, groups: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    """y and (dx, dgamma, dbeta) of normkit.ops.group_norm on NHWC x through torch autograd."""
+    import torch
+
+    gamma, beta = _params(x.shape[-1])
+    xt = torch.tensor(x, requires_grad=True)
+    gt, bt = torch.tensor(gamma, requires_grad=True), torch.tensor(beta, requires_grad=True)
+    y = normkit.ops.group_norm(xt, gt, bt, groups=groups)
+    ct = torch.tensor(np.random.default_rng(5).normal(size=x.shape).astype(x.dtype))
+    (y * ct).sum().backward()
+    return y.detach().double().numpy(), [t.grad.double().numpy() for t in (xt, gt, bt)]
+
+
+def _group_reference(x: np.ndarray, groups: int) -> tuple[np.ndarray, list[np.ndarray]]:
+    gamma, beta = _params(x.shape[-1])
+    n, *_, c = x.shape
+    view = ((n, -1, groups, c // groups), (1, 3))
+    ct = np.random.default_rng(5).normal(size=x.shape).astype(x.dtype)
+    flat = x.reshape(n, -1, c)
+    shape = (n, flat.shape[1], groups, c // groups)
+    y, dx = _reference(flat, gamma, beta, (shape, view[1]), ct.reshape(flat.shape))
+    xv = flat.astype(np.float64).reshape(shape)
+    mean = xv.mean(axis=(1, 3), keepdims=True)
+    xhat = ((xv - mean) / np.sqrt(((xv - mean) ** 2).mean(axis=(1, 3), keepdims=True) + 1e-3)).reshape(flat.shape)
+    cf = ct.reshape(flat.shape).astype(np.float64)
+    return y.reshape(x.shape), [dx.reshape(x.shape), (cf * xhat).sum((0, 1)), cf.sum((0, 1))]
+
+
+def _assert_group_matches(x: np.ndarray, groups: int, tol: float) -> None:
+    y, grads = _torch_group_case(x, groups)
+    y_ref, grads_ref = _group_reference(x, groups)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=tol, err_msg="y")
+    for label, got, want in zip(("dx", "dgamma", "dbeta"), grads, grads_ref, strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol * (np.abs(want).max() + 1), err_msg=label)
+
+
+@torch_only
+def test_guard_zero_mean_data_runs_the_kernel_once_without_a_shift(monkeypatch):
+    from normkit.core.fast import torch_backend as tb
+
+    kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
+    x = np.random.default_rng(0).normal(size=(4, 16, 16, 8)).astype("float32")
+    _assert_group_matches(x, 4, 2e-5)
+    assert kernel.calls == 1
+
+
+@torch_only
+def test_guard_shifts_data_with_a_large_mean_and_stays_exact(monkeypatch):
+    from normkit.core.fast import torch_backend as tb
+
+    kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
+    x = np.random.default_rng(1).normal(1e4, 1.0, size=(4, 16, 16, 8)).astype("float32")
+    _assert_group_matches(x, 4, 2e-5)
+    assert kernel.calls == 1  # the sampled shift was good enough
+
+
+@torch_only
+def test_guard_reshifts_when_the_samples_mislead(monkeypatch):
+    """Every sampled position holds an outlier: the sampled shift is far off, the kernel's c is large, and a
+    second shift by the kernel's own mean gives the exact result."""
+    from normkit.core.fast import torch_backend as tb
+
+    kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
+    x = np.random.default_rng(2).normal(1e3, 1.0, size=(2, 64, 64, 4)).astype("float32")
+    step = (64 * 64) // tb._SAMPLES
+    flat = x.reshape(2, -1, 4)
+    flat[:, ::step, :] += 400.0
+    _assert_group_matches(x, 2, 2e-5)
+    assert kernel.calls == 2
+
+
+@torch_only
+def test_guard_falls_back_to_two_pass_statistics(monkeypatch):
+    from normkit.core.fast import torch_backend as tb
+
+    monkeypatch.setattr(tb, "_GROUP_LAST_LIMIT", -1.0)  # the guard never passes
+    kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
+    x = np.random.default_rng(3).normal(50.0, 2.0, size=(3, 8, 8, 6)).astype("float32")
+    _assert_group_matches(x, 3, 2e-5)
+    assert kernel.calls == 2
+
+
+@torch_only
+@pytest.mark.parametrize("limit_name", ["_LAYER_LIMIT", "_BATCH_LIMIT"])
+def test_guard_falls_back_for_layer_and_batch_norm(monkeypatch, limit_name):
+    from normkit.core.fast import torch_backend as tb
+
+    monkeypatch.setattr(tb, limit_name, -1.0)
+    name = "layer_64k_features" if limit_name == "_LAYER_LIMIT" else "batch_dense_16k_rows"
+    factory, fn, shape, view = CASES[name]
+    layer, gamma, beta = _layer_with(factory, shape)
+    x, ct = _rng_data(shape, 1e4)
+    kwargs = {"training": True} if limit_name == "_BATCH_LIMIT" else {}
+    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, **kwargs)), y_ref, rtol=0, atol=PRECISE_TOL)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max())
+
+
+@torch_only
+def test_channels_last_group_norm_gradcheck():
+    """torch's own numerical gradient check of the analytic NHWC backward, in float64."""
+    import torch
+
+    from normkit.core.fast import torch_backend as tb
+
+    with float64_enabled("float64"):
+        x = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+        w = torch.rand(6, dtype=torch.float64, requires_grad=True) + 0.5
+        b = torch.randn(6, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda *a: tb._GroupNormChannelsLast.apply(*a, 3, 1e-3), (x, w, b))
+        assert torch.autograd.gradcheck(lambda a: tb._GroupNormChannelsLast.apply(a, None, None, 2, 1e-3), (x,))
