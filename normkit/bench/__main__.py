@@ -28,6 +28,15 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+# glibc malloc: serve allocations up to 32 MB (its maximum) from the heap and never trim it, so that a
+# buffer freed by one call is reused by the next instead of being unmapped and page-faulted in afresh. On
+# the VMs these numbers come from, first-touch page faults on a 25 MB tensor cost 2-20 ms, more than the
+# kernels themselves, and single timings swung 2-5x between runs with the default dynamic threshold. Every
+# variant runs under the same setting. A value already in the environment wins.
+_MALLOC_DEFAULTS = (("MALLOC_MMAP_THRESHOLD_", "33554432"), ("MALLOC_TRIM_THRESHOLD_", "4294967296"))
+MALLOC_ENV = {k: os.environ.get(k, v) for k, v in _MALLOC_DEFAULTS}
+
+
 def _gpu_available(backend: str) -> bool:
     code = {
         "torch": "import torch; print(torch.cuda.is_available())",
@@ -44,7 +53,7 @@ def _gpu_available(backend: str) -> bool:
 def run_backend(backend: str, args: argparse.Namespace, device: str) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rows.json")
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3", **MALLOC_ENV}
         env.pop("NORMKIT_DISABLE_FAST_PATHS", None)
         cmd = [sys.executable, "-m", "normkit.bench.worker", "--cases", "smoke" if args.smoke else "full",
                "--reps", str(args.reps), "--device", device, "--out", out]  # fmt: skip

@@ -210,9 +210,15 @@ def _torch_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str
     elif case.layer == "LayerNormalization":
         natives = {"native": lambda t: F.layer_norm(t.float(), (channels,), gamma, beta, 1e-3).to(t.dtype)}
     else:
+        # With running statistics, as torch.nn.BatchNorm2d trains: the kernel updates them in place, the work
+        # a training BatchNormalization layer must do too.
+        running_mean = torch.zeros(channels, device=dev)
+        running_var = torch.ones(channels, device=dev)
         natives = {
             "native": lambda t: (
-                F.batch_norm(t.float().reshape(-1, channels), None, None, gamma, beta, training=True, eps=1e-3)
+                F.batch_norm(
+                    t.float().reshape(-1, channels), running_mean, running_var, gamma, beta, True, 0.01, 1e-3
+                )
                 .reshape(t.shape)
                 .to(t.dtype)
             )
@@ -274,13 +280,19 @@ def _tf_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str) -
     channels = int(x.shape[-1])
     gamma = tf.Variable(tf.ones([channels]))
     beta = tf.Variable(tf.zeros([channels]))
+    moving_mean = tf.Variable(tf.zeros([channels]))
+    moving_var = tf.Variable(tf.ones([channels]))
 
     def native(t: Any) -> Any:
         ts = tf.cast(t, tf.float32)
         if case.layer == "BatchNormalization":
-            y, _, _ = tf.compat.v1.nn.fused_batch_norm(
-                tf.reshape(ts, [-1, 1, 1, channels]), gamma, beta, epsilon=1e-3, is_training=True
-            )
+            # The moving averages updated by the kernel and assigned, as tf.keras 2's fused layer trained.
+            y, mean, var = tf.compat.v1.nn.fused_batch_norm(
+                tf.reshape(ts, [-1, 1, 1, channels]), gamma, beta, mean=moving_mean, variance=moving_var,
+                epsilon=1e-3, is_training=True, exponential_avg_factor=0.01,
+            )  # fmt: skip
+            moving_mean.assign(mean)
+            moving_var.assign(var)
             return tf.cast(tf.reshape(y, tf.shape(t)), t.dtype)
         if case.layer == "LayerNormalization":
             mean, var = tf.nn.moments(ts, axes=[-1], keepdims=True)

@@ -1,14 +1,19 @@
 """JAX fast paths: one jit-friendly kernel with an analytic custom VJP.
 
-Forward: statistics in float32 (for 16-bit data too), numerically shifted by one sample of each group (so a
-mean-1e4/std-1 input keeps its variance), from one sum and one sum of squares per channel over the reduced
-axes; per-group statistics are then formed on those small per-channel sums, and the normalization is one
-fused element-wise pass over x. All element-wise work runs on the "flat" view (e.g. [N, H*W, C] for NHWC
-group normalization): XLA's CPU code is ten times slower on a grouped [N, H*W, G, C/G] view with a small
-last axis, which is what makes the Keras built-in slow.
+Forward: statistics in float32 (for 16-bit data too) from one sum and one sum of squares per channel over
+the reduced axes; per-group statistics are then formed on those small per-channel sums, and the
+normalization is one fused element-wise pass over x. The sums are numerically shifted so that a
+mean-1e4/std-1 input keeps its variance: on the CPU (float32/float64 input) the plain sums come first and
+only a group whose |mean| is above half its spread makes the kernel redo them on x minus that mean (a
+`lax.cond`: XLA's CPU reductions of x run at memory speed, of a broadcast x - shift at a third of it); on
+other devices and for 16-bit inputs the sums are always taken on x minus one sample of each group.
 
-Backward (`jax.custom_vjp`) saves only x, the per-group shift and mean of x - shift, and 1/sqrt(var + eps) (and
-gamma):
+All element-wise work runs on the "flat" view (e.g. [N, H*W, C] for NHWC group normalization): XLA's CPU
+code is ten times slower on a grouped [N, H*W, G, C/G] view with a small last axis, which is what makes the
+Keras built-in slow.
+
+Backward (`jax.custom_vjp`) saves only x, the per-group shift and mean of x - shift, and 1/sqrt(var + eps)
+(and gamma):
 
     dx = rstd * (g - mean_R(g) - xhat * mean_R(g * xhat)),  g = dy * gamma,  xhat = (x - mean) * rstd
 
@@ -32,6 +37,18 @@ from normkit.core.normalize import Reduction
 from normkit.core.statistics import Moments
 
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
+
+
+# Largest |mean| / sqrt(var + eps) for which the unshifted one-pass moments are used (CPU); their relative
+# variance error is about (1 + 3 c^2) times the float32 summation error, the shifted pass's own at c <= 0.5.
+_UNSHIFTED_LIMIT = 0.5
+_TINY = 1e-30
+
+
+def _optimistic() -> bool:
+    """Whether the unshifted-first moments apply: on the CPU backend (a GPU conditional would sync), for
+    float32/float64 inputs (XLA materializes the float32 copy of a 16-bit input for the plain sums)."""
+    return jax.default_backend() == "cpu"
 
 
 def _stat_dtype(dtype: Any) -> Any:
@@ -92,14 +109,32 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
     red = plan.reduced
     groups = _Groups(fp)
 
+    def shifted_moments(xs: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """(shift, mean of xs - shift, variance): one pass over xs - shift."""
+        shift = jax.lax.stop_gradient(shift)
+        d = xs - shift
+        m = groups.sum(_sum(d, red)) / count
+        return shift, m, jnp.maximum(groups.sum(_sum(d * d, red)) / count - m * m, 0.0)
+
+    def moments(xs: jax.Array, input_dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if not (_optimistic() and input_dtype in (jnp.float32, jnp.float64)):
+            first = tuple(slice(0, 1) if a in red else slice(None) for a in range(xs.ndim))
+            return shifted_moments(xs, groups.first(xs[first]))
+        # XLA's CPU code reduces x and x * x at memory speed but materializes a broadcast x - shift first
+        # (a write and page faults of a whole x): take the plain sums, and only where the mean is not small
+        # against the spread (where E[x^2] - E[x]^2 would lose digits) redo them on x shifted by that mean.
+        m0 = groups.sum(_sum(xs, red)) / count
+        v0 = jnp.maximum(groups.sum(_sum(xs * xs, red)) / count - m0 * m0, 0.0)
+        well_conditioned = jnp.max(m0 * m0 / (v0 + epsilon + _TINY)) <= _UNSHIFTED_LIMIT**2
+        return jax.lax.cond(
+            well_conditioned, lambda: (jnp.zeros_like(m0), m0, v0), lambda: shifted_moments(xs, m0)
+        )
+
     def forward(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> tuple[Any, Any]:
         sdt = _stat_dtype(x.dtype)
         xs = x.astype(sdt)
-        first = tuple(slice(0, 1) if a in red else slice(None) for a in range(xs.ndim))
-        shift = groups.first(xs[first])
+        shift, m, variance = moments(xs, x.dtype)
         d = xs - shift
-        m = groups.sum(_sum(d, red)) / count
-        variance = jnp.maximum(groups.sum(_sum(d * d, red)) / count - m * m, 0.0)
         rstd = jax.lax.rsqrt(variance + epsilon)
         scale = rstd * gamma.astype(sdt) if has_gamma else rstd
         # (x - shift) - m, not x - (shift + m): the float32 sum shift + m near 1e4 is up to half an ulp

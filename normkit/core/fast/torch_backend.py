@@ -32,6 +32,7 @@ Layouts and reductions the kernels do not cover fall back to the portable path.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -82,7 +83,7 @@ _LAYER_LIMIT = 8.0
 _BATCH_LIMIT = 2.0
 # Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
 # the limits).
-_SHIFT_BELOW = 0.25
+_SHIFT_BELOW = 0.5
 _SAMPLES = 64
 
 
@@ -103,10 +104,16 @@ def _sample_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 def _shift_from_sample(sample: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
-    """The sample's mean over `dims` as the shift, or None when the sample says it is not needed."""
-    var, mean = torch.var_mean(sample.detach(), dim=dims, correction=0)
+    """The sample's mean over `dims` (the kept dims' shape) as the shift, or None when the sample says no
+    shift is needed. The sample is first laid out as contiguous rows (torch's var_mean over strided dims of
+    a small tensor costs ~0.4 ms)."""
+    kept = [d for d in range(sample.dim()) if d not in dims]
+    kept_shape = [sample.shape[d] for d in kept]
+    rows = sample.detach().permute(*kept, *dims).reshape(math.prod(kept_shape), -1)
+    mean = rows.mean(1, keepdim=True)
+    var = (rows - mean).square_().mean(1, keepdim=True)
     c = torch.nan_to_num(mean.abs() * torch.rsqrt(var + 1e-30), nan=0.0, posinf=1e30)
-    return None if float(c.max()) <= _SHIFT_BELOW else mean
+    return None if float(c.max()) <= _SHIFT_BELOW else mean.reshape(kept_shape)
 
 
 # ------------------------------------------------------------------------- group norm, channels last
