@@ -21,7 +21,16 @@ def test_smoke_run_gives_the_table():
     header = text.splitlines()[0]
     for column in ("fwd/keras", "fwd/native", "fwd/copy", "f+b/keras", "f+b/native", "f+b/copy", "saved normkit"):
         assert column in header
-    assert len(text.splitlines()) == 2 + len(rows)
+    table = text.split("\n\n")[0].splitlines()
+    assert len(table) == 2 + len(rows)
+    # The summary of missed targets agrees with the rows' own ratios.
+    expected = sum(
+        r["ms"]["normkit"][m] > r["ms"]["keras"][m] or r["ms"]["normkit"][m] > 1.25 * r["native_best"][m]
+        for r in rows
+        for m in ("fwd", "fwdbwd")
+    )
+    assert f"Ratio targets missed: {expected} of {2 * len(rows)} (case, mode) pairs." in text
+    assert len([line for line in text.splitlines() if line.startswith("- ")]) == expected
 
 
 def test_full_benchmark_covers_the_issue_shapes():

@@ -102,7 +102,30 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     gpu = [r for r in rows if r["device"] == "gpu"]
     if gpu:
         lines += ["", gpu_section(gpu)]
+    lines += ["", target_misses(rows)]
     return "\n".join(lines) + "\n"
+
+
+# The issue's ratio targets: no slower than the Keras built-in, within 1.25x of the best native op.
+KERAS_TARGET = 1.0
+NATIVE_TARGET = 1.25
+
+
+def target_misses(rows: list[dict[str, Any]]) -> str:
+    """The (case, mode) pairs whose ratios miss a target, one line each, after a count."""
+    misses = []
+    for r in rows:
+        for mode, label in (("fwd", "fwd"), ("fwdbwd", "f+b")):
+            ours, builtin, native = r["ms"]["normkit"][mode], r["ms"]["keras"][mode], r["native_best"][mode]
+            found = []
+            if ours / builtin > KERAS_TARGET:
+                found.append(f"{ours / builtin:.2f}x the built-in")
+            if ours / native > NATIVE_TARGET:
+                found.append(f"{ours / native:.2f}x native ({r['native_best_name'][mode]})")
+            if found:
+                misses.append(f"- {r['backend']} {r['device']} {r['label']} {label}: " + ", ".join(found))
+    head = f"Ratio targets missed: {len(misses)} of {2 * len(rows)} (case, mode) pairs."
+    return "\n".join([head, *misses])
 
 
 # Bytes a normalization must move at least, in units of the input: forward reads x and writes y (2); forward

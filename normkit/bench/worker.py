@@ -3,7 +3,7 @@
 Usage: KERAS_BACKEND=jax python -m normkit.bench.worker --cases smoke|full --reps N --device cpu|gpu --out F.json
 Every variant of a case is timed in the form users train with (jax.jit of value_and_grad over the layer's
 stateless_call, a tf.function with a GradientTape, the torch backend's eager autograd step); repetitions of
-the variants are interleaved and the median is kept.
+the variants are interleaved, each a short batch of back-to-back calls, and the median per call is kept.
 """
 
 from __future__ import annotations
@@ -330,6 +330,12 @@ def _tf_sync(result: Any) -> None:
 # --------------------------------------------------------------------------------------------- main
 
 
+# Each repetition times a batch of back-to-back calls of one variant (about _BATCH_SECONDS, at most _MAX_CALLS)
+# and keeps the mean per call: a single sub-millisecond call is at the mercy of one page fault or preemption.
+_BATCH_SECONDS = 0.02
+_MAX_CALLS = 20
+
+
 def measure(case: Case, reps: int, device: str) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     x = rng.normal(size=case.shape).astype(np.float32)
@@ -339,18 +345,24 @@ def measure(case: Case, reps: int, device: str) -> dict[str, Any]:
     saved = {k.split(":")[0]: v for k, v in variants.items() if k.endswith(":saved")}
     timed = {k: v for k, v in variants.items() if not k.endswith(":saved")}
     times: dict[str, dict[str, list[float]]] = {k: {"fwd": [], "fwdbwd": []} for k in timed}
-    for fn in timed.values():  # warm up every variant once
-        fn[0]()
-        if fn[1] is not None:
-            fn[1]()
+    calls: dict[tuple[str, str], int] = {}
+    for name, (fwd, fb) in timed.items():  # warm up every variant; size its batch of calls
+        for mode, fn in (("fwd", fwd), ("fwdbwd", fb)):
+            if fn is not None:
+                fn()
+                start = time.perf_counter()
+                fn()
+                calls[name, mode] = max(1, min(_MAX_CALLS, int(_BATCH_SECONDS / (time.perf_counter() - start))))
     for _ in range(reps):  # interleaved repetitions
         for name, (fwd, fb) in timed.items():
             for mode, fn in (("fwd", fwd), ("fwdbwd", fb)):
                 if fn is None:
                     continue
+                n = calls[name, mode]
                 start = time.perf_counter()
-                fn()
-                times[name][mode].append(time.perf_counter() - start)
+                for _ in range(n):
+                    fn()
+                times[name][mode].append((time.perf_counter() - start) / n)
     medians = {k: {m: (statistics.median(v) * 1e3 if v else None) for m, v in d.items()} for k, d in times.items()}
     # The best native variant per mode (torch GroupNorm: NCHW-contiguous vs channels_last).
     natives = [k for k in medians if k.startswith("native")]

@@ -3,10 +3,11 @@
 Forward: statistics in float32 (for 16-bit data too) from one sum and one sum of squares per channel over
 the reduced axes; per-group statistics are then formed on those small per-channel sums, and the
 normalization is one fused element-wise pass over x. The sums are numerically shifted so that a
-mean-1e4/std-1 input keeps its variance: on the CPU (float32/float64 input) the plain sums come first and
-only a group whose |mean| is above half its spread makes the kernel redo them on x minus that mean (a
-`lax.cond`: XLA's CPU reductions of x run at memory speed, of a broadcast x - shift at a third of it); on
-other devices and for 16-bit inputs the sums are always taken on x minus one sample of each group.
+mean-1e4/std-1 input keeps its variance: on the CPU (float32/float64 input, column reductions: batch, group
+and instance norm) the plain sums come first and only a group whose |mean| is above half its spread makes
+the kernel redo them on x minus that mean (a `lax.cond`: XLA's CPU column reductions of x run at memory
+speed, of a broadcast x - shift at a third of it); otherwise (layer norm, other devices, 16-bit inputs) the
+sums are always taken on x minus one sample of each group.
 
 All element-wise work runs on the "flat" view (e.g. [N, H*W, C] for NHWC group normalization): XLA's CPU
 code is ten times slower on a grouped [N, H*W, G, C/G] view with a small last axis, which is what makes the
@@ -108,6 +109,10 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
     count = fp.count
     red = plan.reduced
     groups = _Groups(fp)
+    # Plain sums first only for column reductions (the last, contiguous axis kept: batch, group and instance
+    # norm); XLA's CPU row reductions (layer norm) are faster on the shifted data than as plain sums plus a
+    # conditional (measured on [100352, 64] rows: 7 ms vs 24 ms).
+    columns_only = len(plan.shape) - 1 not in red
 
     def shifted_moments(xs: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(shift, mean of xs - shift, variance): one pass over xs - shift."""
@@ -117,7 +122,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         return shift, m, jnp.maximum(groups.sum(_sum(d * d, red)) / count - m * m, 0.0)
 
     def moments(xs: jax.Array, input_dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if not (_optimistic() and input_dtype in (jnp.float32, jnp.float64)):
+        if not (_optimistic() and input_dtype in (jnp.float32, jnp.float64) and columns_only):
             first = tuple(slice(0, 1) if a in red else slice(None) for a in range(xs.ndim))
             return shifted_moments(xs, groups.first(xs[first]))
         # XLA's CPU code reduces x and x * x at memory speed but materializes a broadcast x - shift first
