@@ -132,6 +132,24 @@ def test_large_batch_moving_statistics_at_large_offset():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), x64.var(0), rtol=2e-3)
 
 
+@pytest.mark.skipif(BACKEND == "jax", reason="the batch-norm guards of the torch and TensorFlow kernels")
+def test_batch_norm_kernel_guard_catches_an_unshifted_large_offset(monkeypatch):
+    """With the sampled pre-shift switched off, the kernel first sees mean-1e4 data (its naive float32 mean is
+    then ~4e-2 off); the check of the kernel's own statistics must catch that and redo it shifted."""
+    if BACKEND == "torch":
+        from normkit.core.fast import torch_backend as backend_module
+    else:
+        from normkit.core.fast import tensorflow_backend as backend_module
+    monkeypatch.setattr(backend_module, "_SHIFT_BELOW", float("inf"))
+    _, fn, shape, view = CASES["batch_dense_16k_rows"]
+    x, ct = _rng_data(shape, 1e4, seed=4)
+    gamma, beta = _params(shape[-1])
+    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(fn(x, gamma, beta)), y_ref, rtol=0, atol=PRECISE_TOL)
+    dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
+    np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max())
+
+
 # ------------------------------------------------------------------------------- torch: the guard
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the guard of torch's native CPU kernels")
