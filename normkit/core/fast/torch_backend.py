@@ -16,7 +16,7 @@
 The guard. The native CPU kernels lose digits when the mean is large against the standard deviation: the
 channels-last group-norm kernel computes E[x^2] - E[x]^2 (output error ~5e-6 * c^2 for c = |mean| / std), the
 layer- and batch-norm kernels round a float32 mean (~6e-7 * c and ~2e-6 * c). So x is first shifted by a
-cheap estimate of its mean (the mean of up to 64 evenly spaced samples per statistic; skipped when those
+cheap estimate of its mean (the mean of up to 128 evenly spaced samples per statistic; skipped when those
 samples say the mean is already small), the kernel runs, and the condition number c = |mean| * rstd it
 returns for the shifted data is checked on the host (CPU: no device sync to pay). Above a per-kernel limit the
 data is shifted again by the kernel's own mean (then c ~ 0) and the kernel re-run; one more failure falls
@@ -84,7 +84,7 @@ _BATCH_LIMIT = 2.0
 # Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
 # the limits).
 _SHIFT_BELOW = 0.5
-_SAMPLES = 64
+_SAMPLES = 128
 
 
 def _guarded(x: torch.Tensor) -> bool:
