@@ -41,3 +41,20 @@ def test_full_benchmark_covers_the_issue_shapes():
     assert ("LayerNormalization", (64, 512, 768), "float32") in shapes
     assert any(c.layer == "BatchNormalization" and len(c.shape) == 2 for c in full_cases())
     assert any(c.policy == "mixed_bfloat16" for c in full_cases())
+
+
+def test_merge_runs_takes_the_median_of_each_cell():
+    def row(normkit_fwd, nchw, channels_last):
+        return {
+            "backend": "b", "device": "cpu", "case": "c", "label": "C",
+            "ms": {"normkit": {"fwd": normkit_fwd, "fwdbwd": 2.0}, "native:nchw": {"fwd": nchw, "fwdbwd": 5.0},
+                   "native:channels_last": {"fwd": channels_last, "fwdbwd": 4.0}, "copy": {"fwd": 1.0, "fwdbwd": None}},
+        }  # fmt: skip
+
+    merged = bench.merge_runs([[row(1.0, 3.0, 9.0)], [row(7.0, 3.5, 1.0)], [row(2.0, 9.0, 2.0)]])
+    assert len(merged) == 1 and merged[0]["runs"] == 3
+    assert merged[0]["ms"]["normkit"]["fwd"] == 2.0
+    assert merged[0]["ms"]["copy"]["fwdbwd"] is None
+    # The best native is re-chosen from the medians: nchw 3.5, channels_last 2.0.
+    assert merged[0]["native_best"]["fwd"] == 2.0 and merged[0]["native_best_name"]["fwd"] == "native:channels_last"
+    assert merged[0]["native_best_name"]["fwdbwd"] == "native:channels_last"
