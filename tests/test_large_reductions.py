@@ -1,12 +1,13 @@
-"""Large reductions at a large offset, and the guard of torch's native CPU kernels.
+"""Large reductions at a large offset, and the guards of the native kernels.
 
 The other numerics tests use small shapes, where even a float32 running sum of values near 1e4 is accurate
 enough. Here each statistic covers 16k-64k values, where a float32 mean near 1e4 is a few ulp off and a
-one-pass variance is meaningless: every path must still meet the spec's 1e-3 at mean 1e4 / std 1.
+one-pass variance is meaningless: every path must stay within 1e-4 of the float64 reference at mean 1e4 /
+std 1 with gamma up to 3 (the spec asks for 1e-3), forward, and within 2e-3 relative in dx.
 
-The torch part checks the guard (normkit/core/fast/torch_backend.py) branch by branch: the native kernel on
-data it is accurate for, a second shift when the sampled shift was misleading, and the two-pass fallback
-when the guard keeps failing, each against the float64 reference, forward and gradients.
+The guards (normkit/core/fast/torch_backend.py, tensorflow_backend.py) are checked branch by branch: the
+native kernel on data it is accurate for, a second shift when the sampled shift was misleading or skipped,
+and the fallback when the guard keeps failing, each against the float64 reference, forward and gradients.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from _helpers import autodiff, backend_name, float64_enabled
 import normkit
 
 BACKEND = backend_name()
-OFFSET_TOL = 1e-3  # the spec's bound at mean 1e4 / std 1
 # What float32 gives when the offset costs no digits (about 10x the unit-scale rounding of a few passes):
 # forming x - (shift + mean) instead of (x - shift) - mean already misses it by ~10x at mean 1e4.
 PRECISE_TOL = 1e-4

@@ -47,8 +47,9 @@ _TINY = 1e-30
 
 
 def _optimistic() -> bool:
-    """Whether the unshifted-first moments apply: on the CPU backend (a GPU conditional would sync), for
-    float32/float64 inputs (XLA materializes the float32 copy of a 16-bit input for the plain sums)."""
+    """Whether the unshifted-first moments may apply: on the CPU backend (a GPU conditional would sync). They
+    also need a float32/float64 input (XLA materializes the float32 copy of a 16-bit input for the plain sums)
+    and a column reduction (see `_kernel`)."""
     return jax.default_backend() == "cpu"
 
 

@@ -5,9 +5,10 @@
   output is Bessel-corrected (n / (n - 1)); it
   is converted back to the biased variance the layer's moving average and the spec need.
 - group/instance/layer normalization: a `tf.custom_gradient` kernel on the flat view (channels one
-  contiguous axis): single-pass statistics in float32 (for 16-bit data too), taken on x itself where the
-  mean is small against the spread and on x shifted by its mean otherwise (so a mean-1e4 input keeps its
-  variance); the analytic backward saves only x, the per-group shift, mean and 1/std.
+  contiguous axis): single-pass statistics in float32 (for 16-bit data too), so that a mean-1e4 input keeps
+  its variance taken on shifted data: group/instance norm take them on x itself where the mean is small
+  against the spread and on x shifted by its mean otherwise (`tf.cond`); layer norm always on x shifted by
+  its first value per row. The analytic backward saves only x, the per-group shift, mean and 1/std.
 """
 
 from __future__ import annotations

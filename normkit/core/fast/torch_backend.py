@@ -210,7 +210,8 @@ class _GroupNormChannelsLast(torch.autograd.Function):
 
 
 def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: Any, eps: float) -> torch.Tensor:
-    """F.group_norm on x shifted by one sample of each (sample, group).
+    """Group normalization by torch's kernels: channels last on the CPU through `_GroupNormChannelsLast` (the
+    guard); otherwise F.group_norm on x shifted by one sample of each (sample, group).
 
     Group normalization is invariant to a per-group shift, so the result and every gradient are unchanged
     (the shift is detached: its true gradient is zero). torch's float32 mean of values near 1e4 is off by
@@ -230,9 +231,9 @@ def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: An
     if _guarded(x):
         y = _GroupNormChannelsLast.apply(x.reshape(n, -1, c), w, b, groups, eps)
         return y.reshape(x.shape)
-    # Channels last elsewhere: [N, S, C] -> a contiguous [N, C, S] copy. torch's channels-last CPU kernel (the no-copy
-    # route) computes the variance as E[x^2] - E[x]^2, unusable without the guard's host check, and its
-    # backward is slower than a transpose plus the contiguous kernel's. The result is an [N, ..., C] view.
+    # Channels last elsewhere: [N, S, C] -> a contiguous [N, C, S] copy. torch's channels-last kernel computes
+    # the variance as E[x^2] - E[x]^2, unusable without the guard's host check, and its backward is slower
+    # than a transpose plus the contiguous kernel's. The result is an [N, ..., C] view.
     nsc = x.reshape(n, -1, c)
     if shift_it:
         # The first position's value of each group's first channel, for all of the group's channels.
