@@ -87,7 +87,7 @@ CASES = {
 
 
 def _reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, view: tuple, ct: np.ndarray) -> tuple:
-    """(y, dx) in float64: normalize over `view`'s reduced axes with gamma/beta on the last axis of x."""
+    """(y, dx, xhat) in float64: normalize over `view`'s reduced axes with gamma/beta on the last axis of x."""
     shape, axes = view
     xv = x.astype(np.float64).reshape(shape)
     mean = xv.mean(axis=axes, keepdims=True)
@@ -96,7 +96,7 @@ def _reference(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, view: tuple, 
     y = xhat * gamma + beta
     gamma_v = np.broadcast_to(gamma, x.shape).reshape(shape)
     dx = _normalize_grad(xv, gamma_v, ct.reshape(shape), axes, 1e-3).reshape(x.shape)
-    return y, dx
+    return y, dx, xhat
 
 
 def _layer_with(factory: Callable[[], Any], shape: tuple[int, ...]) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -115,7 +115,7 @@ def test_large_reduction_at_large_offset(name, loc):
     layer, gamma, beta = _layer_with(factory, shape)
     x, ct = _rng_data(shape, loc)
     kwargs = {"training": True} if isinstance(layer, normkit.BatchNormalization) else {}
-    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    y_ref, dx_ref, _ = _reference(x, gamma, beta, view, ct)
     y = keras.ops.convert_to_numpy(layer(x, **kwargs))
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=PRECISE_TOL, err_msg="y")
     dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
@@ -144,7 +144,7 @@ def test_batch_norm_kernel_guard_catches_an_unshifted_large_offset(monkeypatch):
     _, fn, shape, view = CASES["batch_dense_16k_rows"]
     x, ct = _rng_data(shape, 1e4, seed=4)
     gamma, beta = _params(shape[-1])
-    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    y_ref, dx_ref, _ = _reference(x, gamma, beta, view, ct)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(fn(x, gamma, beta)), y_ref, rtol=0, atol=PRECISE_TOL)
     dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max())
@@ -185,16 +185,11 @@ def _torch_group_case(x: np.ndarray, groups: int) -> tuple[np.ndarray, list[np.n
 def _group_reference(x: np.ndarray, groups: int) -> tuple[np.ndarray, list[np.ndarray]]:
     gamma, beta = _params(x.shape[-1])
     n, *_, c = x.shape
-    view = ((n, -1, groups, c // groups), (1, 3))
     ct = np.random.default_rng(5).normal(size=x.shape).astype(x.dtype)
-    flat = x.reshape(n, -1, c)
-    shape = (n, flat.shape[1], groups, c // groups)
-    y, dx = _reference(flat, gamma, beta, (shape, view[1]), ct.reshape(flat.shape))
-    xv = flat.astype(np.float64).reshape(shape)
-    mean = xv.mean(axis=(1, 3), keepdims=True)
-    xhat = ((xv - mean) / np.sqrt(((xv - mean) ** 2).mean(axis=(1, 3), keepdims=True) + 1e-3)).reshape(flat.shape)
-    cf = ct.reshape(flat.shape).astype(np.float64)
-    return y.reshape(x.shape), [dx.reshape(x.shape), (cf * xhat).sum((0, 1)), cf.sum((0, 1))]
+    flat, ct_flat = x.reshape(n, -1, c), ct.reshape(n, -1, c).astype(np.float64)
+    view = ((n, flat.shape[1], groups, c // groups), (1, 3))
+    y, dx, xhat = _reference(flat, gamma, beta, view, ct_flat)
+    return y.reshape(x.shape), [dx.reshape(x.shape), (ct_flat * xhat).sum((0, 1)), ct_flat.sum((0, 1))]
 
 
 def _assert_group_matches(x: np.ndarray, groups: int, tol: float) -> None:
@@ -262,7 +257,7 @@ def test_guard_falls_back_for_layer_and_batch_norm(monkeypatch, limit_name):
     layer, gamma, beta = _layer_with(factory, shape)
     x, ct = _rng_data(shape, 1e4)
     kwargs = {"training": True} if limit_name == "_BATCH_LIMIT" else {}
-    y_ref, dx_ref = _reference(x, gamma, beta, view, ct)
+    y_ref, dx_ref, _ = _reference(x, gamma, beta, view, ct)
     dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, **kwargs)), y_ref, rtol=0, atol=PRECISE_TOL)
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max())
