@@ -132,6 +132,33 @@ def test_large_batch_moving_statistics_at_large_offset():
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), x64.var(0), rtol=2e-3)
 
 
+# The CASES at a small size too: the paths for small reductions differ (TF batch norm under 4096 rows).
+SMALL_CASES = {
+    "group_nhwc_small": (lambda: normkit.GroupNormalization(groups=2), (2, 8, 8, 4), ((2, 8, 8, 2, 2), (1, 2, 4))),
+    "instance_nhwc_small": (lambda: normkit.InstanceNormalization(), (2, 8, 8, 3), ((2, 8, 8, 3), (1, 2))),
+    "layer_small": (lambda: normkit.LayerNormalization(), (4, 64), ((4, 64), (1,))),
+    "batch_nhwc_small": (lambda: normkit.BatchNormalization(), (4, 8, 8, 3), ((4, 8, 8, 3), (0, 1, 2))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES) + sorted(SMALL_CASES))
+def test_offset_whose_square_overflows_float32(name):
+    """Mean 1e20, std 1e16 (c = 1e4, as mean 1e4 / std 1): x^2 overflows float32 (3.4e38), so a kernel's
+    E[x^2] - E[x]^2 is inf - inf, while the shifted paths stay finite (the float32 analogue of the spec's
+    float16 |x| > 256). The guards must not take a NaN statistic for a passed check (torch gave NaN here)."""
+    if name in CASES:
+        factory, _, shape, view = CASES[name]
+    else:
+        factory, shape, view = SMALL_CASES[name]
+    layer, gamma, beta = _layer_with(factory, shape)
+    rng = np.random.default_rng(6)
+    x = (1e20 + 1e16 * rng.normal(size=shape)).astype("float32")
+    kwargs = {"training": True} if isinstance(layer, normkit.BatchNormalization) else {}
+    y_ref, _, _ = _reference(x, gamma, beta, view, np.zeros_like(x))
+    y = keras.ops.convert_to_numpy(layer(x, **kwargs))
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=PRECISE_TOL)
+
+
 @pytest.mark.skipif(BACKEND == "jax", reason="the batch-norm guards of the torch and TensorFlow kernels")
 def test_batch_norm_kernel_guard_catches_an_unshifted_large_offset(monkeypatch):
     """With the sampled pre-shift switched off, the kernel first sees mean-1e4 data (its naive float32 mean is
@@ -228,11 +255,44 @@ def test_guard_reshifts_when_the_samples_mislead(monkeypatch):
 
     kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
     x = np.random.default_rng(2).normal(1e3, 1.0, size=(2, 64, 64, 4)).astype("float32")
-    step = (64 * 64) // tb._SAMPLES
+    step, _ = tb._sample_step(64 * 64, 2)  # the sampled positions (2 channels per group)
     flat = x.reshape(2, -1, 4)
     flat[:, ::step, :] += 400.0
     _assert_group_matches(x, 2, 2e-5)
     assert kernel.calls == 2
+
+
+@torch_only
+@pytest.mark.parametrize(
+    ("loc", "scale", "shifts"),
+    [(0.0, 1.0, False), (0.3, 1.0, False), (0.8, 1.0, True), (-1e4, 1.0, True), (1e20, 1e16, True)],
+)
+def test_sampled_pre_shift_decision(loc, scale, shifts):
+    """The sampled decision against c = |mean| / std and the 0.5 threshold, from float64 sample statistics
+    computed here; at 1e20 the sample's x^2 overflows float32 and must still ask for the shift."""
+    import torch
+
+    from normkit.core.fast import torch_backend as tb
+
+    # [N, R, G, K] = 3 samples x 64 positions x 4 groups x 2 channels: 128 values per statistic.
+    x = np.random.default_rng(7).normal(size=(3, 64, 4, 2))
+    x = (loc + scale * (x - x.mean(axis=(1, 3), keepdims=True)) / x.std(axis=(1, 3), keepdims=True))
+    shift = tb._shift_from_sample(torch.tensor(x.astype("float32")), (1, 3))
+    assert (shift is not None) == shifts
+    if shifts:
+        np.testing.assert_allclose(shift.double().numpy(), x.mean(axis=(1, 3)), rtol=1e-5, atol=0)
+
+
+@torch_only
+def test_guard_shifts_before_the_kernel_where_x_squared_overflows(monkeypatch):
+    from normkit.core.fast import torch_backend as tb
+
+    kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
+    x = np.random.default_rng(8).normal(1e20, 1e16, size=(2, 16, 16, 8)).astype("float32")
+    y, _ = _torch_group_case(x, 4)
+    y_ref, _ = _group_reference(x, 4)
+    np.testing.assert_allclose(y, y_ref, rtol=0, atol=PRECISE_TOL)
+    assert kernel.calls == 1  # not a failed unshifted kernel run first
 
 
 @torch_only

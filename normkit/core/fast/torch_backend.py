@@ -16,8 +16,8 @@
 The guard. The native CPU kernels lose digits when the mean is large against the standard deviation: the
 channels-last group-norm kernel computes E[x^2] - E[x]^2 (output error ~5e-6 * c^2 for c = |mean| / std), the
 layer- and batch-norm kernels round a float32 mean (~6e-7 * c and ~2e-6 * c). So x is first shifted by a
-cheap estimate of its mean (the mean of up to 128 evenly spaced samples per statistic; skipped when those
-samples say the mean is already small), the kernel runs, and the condition number c = |mean| * rstd it
+cheap estimate of its mean (the mean of about 128 values per statistic from evenly spaced slices of x;
+skipped when those values say the mean is already small), the kernel runs, and the condition number c = |mean| * rstd it
 returns for the shifted data is checked on the host (CPU: no device sync to pay). Above a per-kernel limit the
 data is shifted again by the kernel's own mean (then c ~ 0) and the kernel re-run; one more failure falls
 back to the two-pass portable formula. A mean-1e4/std-1 input therefore costs one extra shift pass, and the
@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import keras
 import torch
 import torch.nn.functional as F
 from keras import ops
@@ -47,11 +48,22 @@ from normkit.core.statistics import Moments
 _LOW = (torch.float16, torch.bfloat16)
 
 
+def _as_torch(t: Any) -> torch.Tensor:
+    """A torch tensor for t; the common cases (a tensor, a Keras variable) without keras.ops' dispatch, which
+    costs ~10 us a call (a tenth of a small layer's whole time)."""
+    if isinstance(t, torch.Tensor):
+        return t
+    if isinstance(t, keras.Variable):
+        return t.value  # honours an autocast scope as convert_to_tensor does
+    return ops.convert_to_tensor(t)
+
+
 def _param(t: Any, dtype: torch.dtype) -> torch.Tensor | None:
     if t is None:
         return None
-    t = ops.convert_to_tensor(t)
-    t = t.reshape(-1)
+    t = _as_torch(t)
+    if t.dim() != 1:
+        t = t.reshape(-1)
     return t if t.dtype == dtype else t.to(dtype)
 
 
@@ -84,7 +96,9 @@ _BATCH_LIMIT = 2.0
 # Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
 # the limits).
 _SHIFT_BELOW = 0.5
-_SAMPLES = 128
+# Values per statistic in that sample: the sampled c's noise is ~1/sqrt(128) = 0.09, so even the largest of
+# thousands of statistics (instance norm) of zero-mean data stays below _SHIFT_BELOW.
+_SAMPLED_VALUES = 128
 
 
 def _guarded(x: torch.Tensor) -> bool:
@@ -93,27 +107,40 @@ def _guarded(x: torch.Tensor) -> bool:
 
 
 def _condition(mean: torch.Tensor, rstd: torch.Tensor) -> float:
-    """max |mean| * rstd; a NaN statistic (NaN in the data) does not count: its group is NaN on every path."""
-    return float(torch.nan_to_num(mean.detach().abs() * rstd.detach(), nan=0.0).max())
+    """max |mean| * rstd, NaN when any statistic is NaN: from NaN data, or from a kernel's E[x^2] overflowing
+    (|x| near 1e19) where the shifted paths stay finite. NaN fails every `<= limit` check."""
+    return float((mean.detach().abs() * rstd.detach()).max())
 
 
-def _sample_rows(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Up to _SAMPLES evenly spaced slices of t along `dim` (a view)."""
-    step = max(1, t.shape[dim] // _SAMPLES)
-    return t[(slice(None),) * dim + (slice(0, step * _SAMPLES, step),)]
+def _sample_step(size: int, values_per_slice: int) -> tuple[int, int]:
+    """(step, slices): evenly spaced slices along an axis of `size` that give each statistic about
+    _SAMPLED_VALUES values when each slice adds `values_per_slice`."""
+    slices = min(size, -(-_SAMPLED_VALUES // max(1, values_per_slice)))
+    return size // slices, slices
+
+
+def _sample_rows(t: torch.Tensor, dim: int, values_per_slice: int) -> torch.Tensor:
+    """The slices of `_sample_step` along `dim` (a view)."""
+    step, slices = _sample_step(t.shape[dim], values_per_slice)
+    return t[(slice(None),) * dim + (slice(0, step * slices, step),)]
 
 
 def _shift_from_sample(sample: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
     """The sample's mean over `dims` (the kept dims' shape) as the shift, or None when the sample says no
-    shift is needed. The sample is first laid out as contiguous rows (torch's var_mean over strided dims of
-    a small tensor costs ~0.4 ms)."""
-    kept = [d for d in range(sample.dim()) if d not in dims]
-    kept_shape = [sample.shape[d] for d in kept]
-    rows = sample.detach().permute(*kept, *dims).reshape(math.prod(kept_shape), -1)
-    mean = rows.mean(1, keepdim=True)
-    var = (rows - mean).square_().mean(1, keepdim=True)
-    c = torch.nan_to_num(mean.abs() * torch.rsqrt(var + 1e-30), nan=0.0, posinf=1e30)
-    return None if float(c.max()) <= _SHIFT_BELOW else mean.reshape(kept_shape)
+    shift is needed (c <= _SHIFT_BELOW).
+
+    One-pass sums are enough for this decision: where they lose digits (c of 1e3 and more) c still comes out
+    large. With s1, s2 the sums of x and x^2 over n values, c > b  <=>  mean^2 > b^2 (E[x^2] - mean^2)  <=>
+    s2 - (1 + b^2) / (b^2 n) * s1^2 < 0; a non-finite s2 (x^2 overflowing at |x| near 1e19, or NaN data)
+    asks for the shift too. Sums rather than var_mean (~10x slower over strided dims): ~30 us a call.
+    """
+    sample = sample.detach()
+    count = math.prod(sample.shape[d] for d in dims)
+    s1 = sample.sum(dims)
+    s2 = torch.mul(sample, sample).sum(dims)
+    b2 = _SHIFT_BELOW * _SHIFT_BELOW
+    small = (torch.addcmul(s2, s1, s1, value=-(1 + b2) / (b2 * count)) >= 0).logical_and_(torch.isfinite(s2))
+    return None if bool(small.all()) else s1 / count
 
 
 # ------------------------------------------------------------------------- group norm, channels last
@@ -137,7 +164,7 @@ def _channels_last_forward(nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: 
     """(y, xs, mean, rstd): y from the channels-last kernel on xs = x - shift, with the guard of the module
     docstring; mean is the mean of xs. Falls back to two-pass statistics of xs if the guard fails twice."""
     n, s, c = nsc.shape
-    sample = _sample_rows(nsc, 1).reshape(n, -1, groups, c // groups)
+    sample = _sample_rows(nsc, 1, c // groups).reshape(n, -1, groups, c // groups)
     shift = _shift_from_sample(sample, (1, 3))
     xs = nsc if shift is None else nsc - _per_channel(shift, c)
     for _attempt in range(2):
@@ -272,7 +299,7 @@ def _batch_view(x: torch.Tensor, plan: Plan) -> torch.Tensor:
 
 @register("torch", "normalize_with_batch_statistics")
 def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
-    x = ops.convert_to_tensor(x)
+    x = _as_torch(x)
     dtype = _compute_dtype(x)
     plan = None if dtype is None else _plan(x, reduction)
     if plan is None:
@@ -316,9 +343,9 @@ def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float
     if not _guarded(x):
         return _batch_norm_kernel(view, w, b, eps, count)
     if view.dim() == 2:  # [M, C]
-        shift = _shift_from_sample(_sample_rows(view, 0), (0,))
+        shift = _shift_from_sample(_sample_rows(view, 0, 1), (0,))
     else:  # [N, C, S]
-        shift = _shift_from_sample(_sample_rows(view, 2), (0, 2))
+        shift = _shift_from_sample(_sample_rows(view, 2, view.shape[0]), (0, 2))
     for _attempt in range(2):
         shifted = view if shift is None else view - _channel_column(shift.detach(), view)
         y, mean, variance = _batch_norm_kernel(shifted, w, b, eps, count)
@@ -348,7 +375,7 @@ def _batch_norm_kernel(view: torch.Tensor, w: Any, b: Any, eps: float, count: in
 def normalize_with_batch_statistics_and_moments(
     x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float
 ) -> Any:
-    x = ops.convert_to_tensor(x)
+    x = _as_torch(x)
     dtype = _compute_dtype(x)
     plan = None if dtype is None else _plan(x, reduction)
     if plan is None or not plan.kind.startswith("batch"):
