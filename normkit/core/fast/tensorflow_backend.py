@@ -197,22 +197,12 @@ def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any,
     scale = tf.cast(ops.convert_to_tensor(gamma), tf.float32) if gamma is not None else tf.ones([channels])
     offset = tf.cast(ops.convert_to_tensor(beta), tf.float32) if beta is not None else tf.zeros([channels])
     scale, offset = tf.reshape(scale, [-1]), tf.reshape(offset, [-1])
-
-    def kernel(v: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        return tf.compat.v1.nn.fused_batch_norm(v, scale, offset, epsilon=epsilon, is_training=True)
-
-    rows = view.shape[0]
-    if view.dtype != tf.float32:
-        # 16-bit inputs are not shifted (the subtraction would round in 16 bits).
-        y, mean, variance = kernel(view)
-    elif rows is not None and rows < _GUARD_FROM_ROWS:
-        # Few rows: a shift pass costs less than the guard's two conditionals. Shift by the first row (exact
-        # for nearby values; the kernel's statistics of the rest are then those of small numbers).
-        shift = tf.stop_gradient(view[:1])
-        y, mean, variance = kernel(view - shift)
-        mean = mean + tf.reshape(shift, [-1])
+    if view.dtype == tf.float32:
+        y, mean, variance = _guarded_fused_batch_norm(float(epsilon))(view, scale, offset)
     else:
-        y, mean, variance = _guarded_fused_batch_norm(view, kernel, epsilon)
+        # 16-bit inputs are not shifted (the subtraction would round in 16 bits); the kernel accumulates their
+        # statistics in float32.
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(view, scale, offset, epsilon=epsilon, is_training=True)
     count = tf.cast(tf.shape(view)[0], tf.float32)
     # batch_variance is the unbiased one; the layer and the spec want the biased variance.
     variance = variance * tf.maximum(count - 1.0, 0.0) / count
@@ -220,32 +210,62 @@ def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any,
 
 
 # The CPU kernel accumulates its float32 mean naively: the output error is ~5e-6 * c for c = |mean| / std
-# (4.7e-2 at mean 1e4 over 1e5 rows). Samples decide whether x is shifted first; the kernel's own mean then
-# decides whether to redo it on x shifted by that mean (as the torch guard, in the graph).
-_SHIFT_BELOW = 0.5
+# (4.7e-2 at mean 1e4 over 1e5 rows); up to c = 2 it is within float32 rounding of the two-pass result.
 _BATCH_LIMIT = 2.0
-_SAMPLES = 128
-_GUARD_FROM_ROWS = 4096  # below: always shift (measured: 1024x1024 1.42 ms shifted, 1.71 ms guarded)
 
 
-def _guarded_fused_batch_norm(view: tf.Tensor, kernel: Any, epsilon: float) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """(y, mean, Bessel-corrected variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 data, accurate for
-    any offset: shifted by a sampled per-channel mean when the samples say the mean is not small, and again
-    by the kernel's own mean when the kernel saw data with c > _BATCH_LIMIT. The shifts carry no gradient
-    (batch normalization is invariant to them)."""
-    step = tf.maximum(tf.shape(view)[0] // _SAMPLES, 1)
-    sample_mean, sample_var = tf.nn.moments(view[::step][:_SAMPLES], axes=[0, 1, 2])
-    small = tf.reduce_max(tf.abs(sample_mean) * tf.math.rsqrt(sample_var + 1e-30)) <= _SHIFT_BELOW
-    shift = tf.stop_gradient(tf.where(small, tf.zeros_like(sample_mean), sample_mean))
-    y, mean, variance = tf.cond(small, lambda: kernel(view), lambda: kernel(view - shift))
-    well_conditioned = tf.reduce_max(tf.abs(mean) * tf.math.rsqrt(variance + epsilon)) <= _BATCH_LIMIT
+def _fused_kernel(v: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float) -> list[tf.Tensor]:
+    """FusedBatchNormV3 in training: y, batch mean, unbiased batch variance and its three reserve spaces."""
+    empty = tf.constant([], tf.float32)
+    return list(
+        tf.raw_ops.FusedBatchNormV3(
+            x=v, scale=scale, offset=offset, mean=empty, variance=empty, epsilon=epsilon, is_training=True
+        )
+    )
 
-    def reshift() -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-        again = shift + tf.stop_gradient(mean)
-        y2, mean2, variance2 = kernel(view - again)
-        return y2, mean2 + again, variance2
 
-    return tf.cond(well_conditioned, lambda: (y, mean + shift, variance), reshift)
+@lru_cache(maxsize=64)
+def _guarded_fused_batch_norm(epsilon: float) -> Any:
+    """(y, mean, unbiased variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 data, accurate for any offset.
+
+    The kernel runs on x as it is; only where its own statistics say it saw c = |mean| / std > _BATCH_LIMIT
+    (activations rarely do: ReLU outputs have c ~ 1.3) does it run again on x shifted by that mean, chosen by a
+    tf.cond. The gradient is FusedBatchNormGradV3 on whichever data the kernel normalized (batch normalization
+    is invariant to the shift): written by hand so that tf.cond's own gradient, which would make the unshifted
+    branch output zeros the size of x for the other branch's intermediates, is never built. The statistics are
+    for the moving averages: no gradient flows back through them (as with tf.keras 2's fused layer)."""
+
+    @tf.custom_gradient
+    def guarded(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> Any:
+        first = _fused_kernel(view, scale, offset, epsilon)
+        mean, variance = first[1], first[2]
+        # NaN (NaN data, or a sum of squares overflowing float32) counts as ill-conditioned.
+        well_conditioned = tf.reduce_all(tf.abs(mean) * tf.math.rsqrt(variance + epsilon) <= _BATCH_LIMIT)
+
+        def reshift() -> list[tf.Tensor]:
+            shift = tf.stop_gradient(mean)
+            shifted = view - shift
+            second = _fused_kernel(shifted, scale, offset, epsilon)
+            return [shifted, second[0], second[1] + shift, *second[2:]]
+
+        used, y, mean, variance, *reserve = tf.cond(well_conditioned, lambda: [view, *first], reshift)
+
+        def grad(dy: tf.Tensor, *_unused: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+            dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy,
+                x=used,
+                scale=scale,
+                reserve_space_1=reserve[0],
+                reserve_space_2=reserve[1],
+                reserve_space_3=reserve[2],
+                epsilon=epsilon,
+                is_training=True,
+            )
+            return dx, dscale, doffset
+
+        return (y, mean, variance), grad
+
+    return guarded
 
 
 @register("tensorflow", "normalize_with_batch_statistics_and_moments")

@@ -15,14 +15,16 @@
 
 The guard. The native CPU kernels lose digits when the mean is large against the standard deviation: the
 channels-last group-norm kernel computes E[x^2] - E[x]^2 (output error ~5e-6 * c^2 for c = |mean| / std), the
-layer- and batch-norm kernels round a float32 mean (~6e-7 * c and ~2e-6 * c). So x is first shifted by a
-cheap estimate of its mean (the mean of about 128 values per statistic from evenly spaced slices of x;
-skipped when those values say the mean is already small), the kernel runs, and the condition number c = |mean| * rstd it
-returns for the shifted data is checked on the host (CPU: no device sync to pay). Above a per-kernel limit the
-data is shifted again by the kernel's own mean (then c ~ 0) and the kernel re-run; one more failure falls
-back to the two-pass portable formula. A mean-1e4/std-1 input therefore costs one extra shift pass, and the
-common case runs at the native kernel's speed. Under torch.compile (no host checks in a graph) and on
-non-CPU devices the unguarded paths shift unconditionally.
+layer- and batch-norm kernels round a float32 mean (~6e-7 * c and ~2e-6 * c). So the condition number
+c = |mean| * rstd each kernel returns is checked on the host (CPU: no device sync to pay); above a per-kernel
+limit the data is shifted by the kernel's own mean (then c ~ 0) and the kernel re-run; one more failure falls
+back to the two-pass portable formula. Group norm, whose limit (1) ReLU-like data can exceed, first shifts x
+by a cheap estimate of its mean (about 128 values per statistic from evenly spaced slices of x) when that
+estimate says the mean is not small; layer and batch norm (limits 8 and 2) run the kernel on x as it is. A
+mean-1e4/std-1 input therefore costs one extra shift pass (and one extra kernel run for layer and batch norm),
+and the common case runs at the native kernel's speed. Under torch.compile (no host checks in a graph) and on
+non-CPU devices group and layer norm shift by one sample unconditionally; batch norm passes x as it is there
+(not measured on a GPU: none was available).
 
 All of them save only x (or its shifted copy), the per-group mean and 1/std for backward. 16-bit inputs go
 in as they are with float32 gamma/beta: torch's "mixed type" kernels accumulate the statistics in float32 and
@@ -333,8 +335,9 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
 def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float) -> Any:
     """(y, batch mean, biased batch variance) from F.batch_norm, or NotImplemented.
 
-    On the CPU the guard of the module docstring applies: x is shifted by a sampled per-channel mean when
-    that is not small against the spread (the statistics of x are those of the shifted data plus the shift).
+    On the CPU the kernel runs on x as it is and its statistics are checked (the guard of the module
+    docstring, without the sampled pre-shift: batch norm's limit c <= 2 covers what it normalizes in practice,
+    ReLU outputs have c ~ 1.3); above the limit it runs again on x shifted by its own mean.
     """
     view = _batch_view(x, plan)
     count = view.numel() // view.shape[1]
@@ -342,10 +345,7 @@ def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float
         return NotImplemented  # torch refuses a single value per channel in training
     if not _guarded(x):
         return _batch_norm_kernel(view, w, b, eps, count)
-    if view.dim() == 2:  # [M, C]
-        shift = _shift_from_sample(_sample_rows(view, 0, 1), (0,))
-    else:  # [N, C, S]
-        shift = _shift_from_sample(_sample_rows(view, 2, view.shape[0]), (0, 2))
+    shift = None
     for _attempt in range(2):
         shifted = view if shift is None else view - _channel_column(shift.detach(), view)
         y, mean, variance = _batch_norm_kernel(shifted, w, b, eps, count)
