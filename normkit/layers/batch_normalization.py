@@ -304,8 +304,10 @@ class BatchNormalization(AffineNormalization):
             )
             batch_mean, batch_variance = stats.mean, stats.variance
             count = None
-            if self._bessel or mask is not None:
+            if mask is not None or (self._bessel and _static_count(inputs, reduction.reduction_axes) is None):
                 count = reduction_count(inputs, reduction.reduction_axes, mask=mask)
+            elif self._bessel:
+                count = _static_count(inputs, reduction.reduction_axes)  # a Python int: no ops per call
         else:
             outputs, batch_mean, batch_variance, count = self._train_general(inputs, mask)
         self._update(inputs, batch_mean, batch_variance, count, has_mask=mask is not None)
@@ -397,7 +399,7 @@ class BatchNormalization(AffineNormalization):
         shape = self._param_shape
         mean = ops.stop_gradient(ops.reshape(mean, shape))
         variance = ops.stop_gradient(ops.reshape(variance, shape))
-        if count is not None:
+        if count is not None and not isinstance(count, int):
             count = ops.reshape(count, shape)
         # Statistics over nothing are NaN: a static batch size decided above; a dynamic one, or a mask that
         # leaves a feature without data, selects the old value (so that the graph still compiles).
@@ -429,7 +431,10 @@ class BatchNormalization(AffineNormalization):
             return
         if self._bessel:
             # tf.keras 2's fused kernel averaged the unbiased variance (N - 1 floored at 1).
-            variance = variance * count / ops.maximum(count - 1.0, 1.0)
+            if isinstance(count, int):
+                variance = variance * (count / max(count - 1, 1))
+            else:
+                variance = variance * count / ops.maximum(count - 1.0, 1.0)
         move(self.moving_mean, mean, self.momentum)
         move(self.moving_variance, variance, self.momentum)
 
@@ -571,3 +576,13 @@ def _full_rank_mask(mask: Tensor | None, inputs: Tensor) -> Tensor | None:
         f"The mask must have the input's rank ({rank}) or one less ({rank - 1}). Received: a mask of shape "
         f"{tuple(mask.shape)} for an input of shape {tuple(inputs.shape)}"
     )
+
+
+def _static_count(inputs: Tensor, axes: tuple[int, ...]) -> int | None:
+    """Elements per statistic when every reduced dim is static, else None."""
+    count = 1
+    for a in axes:
+        if inputs.shape[a] is None:
+            return None
+        count *= int(inputs.shape[a])
+    return count
