@@ -169,6 +169,27 @@ def test_batch_norm_batch_statistics_matches_reference(shape, axis):
 
 
 @pytest.mark.parametrize("shape,axis", BATCH_CASES)
+def test_batch_norm_statistics_carry_no_gradient(shape, axis):
+    """Gradients of y + (terms in the returned statistics) are y's alone on every backend: the fast paths'
+    native kernels give none for the statistics, so none is given anywhere."""
+    rng = np.random.default_rng(8)
+    x = random_normal(rng, shape, loc=2.0, scale=3.0)
+    gamma, beta = _affine(rng, _param_shape(shape, axis))
+    ct = random_normal(rng, shape)
+
+    def with_stats(*a):
+        y, stats = normkit.ops.batch_norm_with_statistics(*a, axis=axis, epsilon=1e-3)
+        return y + 3.0 * keras.ops.sum(stats.mean) + keras.ops.sum(stats.variance)
+
+    def plain(*a):
+        return normkit.ops.batch_norm(a[0], gamma=a[1], beta=a[2], axis=axis, epsilon=1e-3)
+
+    inputs = [x, gamma, beta]
+    for got, want in zip(autodiff(with_stats, inputs, ct), autodiff(plain, inputs, ct), strict=True):
+        assert_close(got, want)
+
+
+@pytest.mark.parametrize("shape,axis", BATCH_CASES)
 def test_batch_norm_given_statistics_matches_reference(shape, axis):
     rng = np.random.default_rng(7)
     x = random_normal(rng, shape)

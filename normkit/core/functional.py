@@ -165,7 +165,9 @@ def batch_norm_with_statistics(
     """Batch normalization with the batch's statistics; returns (y, Moments(mean, variance)).
 
     The statistics have the shape of the `axis` dims (float32 for 16-bit inputs), variance biased.
-    `mask` (broadcastable to x) leaves positions out of the statistics.
+    `mask` (broadcastable to x) leaves positions out of the statistics. They are for bookkeeping (moving
+    averages, synchronization) and carry no gradient on any backend, as with tf.keras 2's fused kernel
+    (the native kernels of the TensorFlow and torch fast paths have none to give); y's gradient is complete.
     """
     from keras import ops
 
@@ -175,4 +177,5 @@ def batch_norm_with_statistics(
         x, reduction, gamma, beta, v.check_epsilon(epsilon), mask=mask, return_statistics=True
     )
     param_shape = tuple(int(x.shape[a]) for a in reduction.param_axes)
-    return y, Moments(ops.reshape(stats.mean, param_shape), ops.reshape(stats.variance, param_shape))
+    mean, variance = (ops.stop_gradient(ops.reshape(t, param_shape)) for t in (stats.mean, stats.variance))
+    return y, Moments(mean, variance)
