@@ -17,6 +17,8 @@ def test_smoke_run_gives_the_table():
         assert {"normkit", "portable", "keras", "copy"} <= set(row["ms"])
         assert any(k.startswith("native") for k in row["ms"])
         assert row["ms"]["normkit"]["fwd"] > 0 and row["ms"]["normkit"]["fwdbwd"] > 0
+        # torch's eager layer-call floor (forward only); traced away on the other backends.
+        assert ("layer_call" in row["ms"]) == (keras.backend.backend() == "torch")
     text = bench.markdown(rows)
     header = text.splitlines()[0]
     for column in ("fwd/keras", "fwd/native", "fwd/copy", "f+b/keras", "f+b/native", "f+b/copy", "saved normkit"):
@@ -58,3 +60,18 @@ def test_merge_runs_takes_the_median_of_each_cell():
     # The best native is re-chosen from the medians: nchw 3.5, channels_last 2.0.
     assert merged[0]["native_best"]["fwd"] == 2.0 and merged[0]["native_best_name"]["fwd"] == "native:channels_last"
     assert merged[0]["native_best_name"]["fwdbwd"] == "native:channels_last"
+
+
+def test_native_misses_name_the_layer_call_floor():
+    def row(ours, native, call):
+        ms = {"normkit": {"fwd": ours, "fwdbwd": 1.0}, "keras": {"fwd": 9.0, "fwdbwd": 9.0}}
+        if call is not None:
+            ms["layer_call"] = {"fwd": call, "fwdbwd": None}
+        best, names = {"fwd": native, "fwdbwd": 1.0}, {"fwd": "native", "fwdbwd": "n"}
+        return {"backend": "b", "device": "cpu", "label": "C", "ms": ms, "native_best": best, "native_best_name": names}
+
+    text = bench.target_misses([row(0.9, 0.3, 0.07), row(0.9, 0.3, None)])
+    assert "Ratio targets missed: 2 of 4" in text
+    lines = text.splitlines()[1:]
+    assert lines[0].endswith("3.00x native (native); a bare Keras layer call costs 0.07 of the 0.60 ms gap")
+    assert lines[1].endswith("3.00x native (native)")

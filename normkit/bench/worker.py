@@ -226,6 +226,11 @@ def _torch_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str
     for name, fn in natives.items():
         out[name] = (lambda fn=fn: forward(fn), lambda fn=fn: fwd_bwd(fn, [gamma, beta]))
     out["copy"] = (lambda: (x.clone(), sync()), None)
+    # What any Keras layer call costs in torch's eager mode (an identity layer, called as the layers are):
+    # the native variants are bare function calls and do not pay it. (Under jax.jit / tf.function a layer
+    # call is traced away.)
+    identity = keras.layers.Identity()
+    out["layer_call"] = (lambda: forward(lambda t: identity(t, **training)), None)
     return out
 
 
