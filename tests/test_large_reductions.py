@@ -1,7 +1,7 @@
 """Large reductions at a large offset, and the guards of the native kernels.
 
 The other numerics tests use small shapes, where even a float32 running sum of values near 1e4 is accurate
-enough. Here each statistic covers 16k-64k values, where a float32 mean near 1e4 is a few ulp off and a
+enough. Here each statistic covers 16k-2M values, where a float32 mean near 1e4 is a few ulp off and a
 one-pass variance is meaningless: every path must stay within 1e-4 of the float64 reference at mean 1e4 /
 std 1 with gamma up to 3 (the spec asks for 1e-3), forward, and within 2e-3 relative in dx.
 
@@ -59,6 +59,14 @@ CASES = {
         (16384, 8),
         ((16384, 8), (0,)),
     ),
+    # 2M rows: past the row counts the native batch-norm kernels accumulate accurately over (TensorFlow's
+    # FusedBatchNormV3 was off by 4 at mean 1e4, torch's F.batch_norm by 1e-3 at mean 0).
+    "batch_dense_2m_rows": (
+        lambda: normkit.BatchNormalization(),
+        lambda x, g, b: normkit.ops.batch_norm(x, None, None, g, b),
+        (1 << 21, 2),
+        ((1 << 21, 2), (0,)),
+    ),
     "batch_nhwc_32k_per_channel": (
         lambda: normkit.BatchNormalization(),
         lambda x, g, b: normkit.ops.batch_norm(x, None, None, g, b),
@@ -70,6 +78,14 @@ CASES = {
         lambda x, g, b: normkit.ops.group_norm(x, g, b, groups=2),
         (2, 128, 128, 4),
         ((2, 128, 128, 2, 2), (1, 2, 4)),
+    ),
+    # 2M values per group: TensorFlow's reduce_sum over a middle axis adds them one after another (its mean
+    # near 1e4 was then ~1e-3 off, and the fast path's variance 0: y off by 162).
+    "group_nhwc_2m_per_group": (
+        lambda: normkit.GroupNormalization(groups=1),
+        lambda x, g, b: normkit.ops.group_norm(x, g, b, groups=1),
+        (1, 1024, 1024, 2),
+        ((1, 1024, 1024, 1, 2), (1, 2, 4)),
     ),
     "instance_nhwc_16k_per_channel": (
         lambda: normkit.InstanceNormalization(),
@@ -120,6 +136,19 @@ def test_large_reduction_at_large_offset(name, loc):
     np.testing.assert_allclose(y, y_ref, rtol=0, atol=PRECISE_TOL, err_msg="y")
     dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
     np.testing.assert_allclose(dx, dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max(), err_msg="dx")
+
+
+@pytest.mark.parametrize("name", ["batch_dense_2m_rows", "group_nhwc_2m_per_group"])
+def test_portable_path_on_millions_of_values_per_statistic(name, monkeypatch):
+    """The portable keras.ops path, which every fast path falls back to, on 2M values per statistic at mean
+    1e4 (TensorFlow's reduce_sum over leading axes lost ~1e-3 relative there: y off by 6e-2)."""
+    monkeypatch.setenv("NORMKIT_DISABLE_FAST_PATHS", "1")
+    factory, _, shape, view = CASES[name]
+    layer, gamma, beta = _layer_with(factory, shape)
+    x, _ = _rng_data(shape, 1e4, seed=9)
+    kwargs = {"training": True} if isinstance(layer, normkit.BatchNormalization) else {}
+    y_ref, _, _ = _reference(x, gamma, beta, view, np.zeros_like(x))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, **kwargs)), y_ref, rtol=0, atol=PRECISE_TOL)
 
 
 def test_large_batch_moving_statistics_at_large_offset():

@@ -23,7 +23,7 @@ from normkit.core.fast import register
 from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan, make_plan
 from normkit.core.normalize import Reduction
-from normkit.core.statistics import Moments
+from normkit.core.statistics import Moments, reduce_sum
 
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -42,7 +42,8 @@ def _dynamic_shape(t: tf.Tensor, static: tuple[int | None, ...]) -> list[Any]:
 
 
 def _sum(t: tf.Tensor, axes: tuple[int, ...]) -> tf.Tensor:
-    return tf.reduce_sum(t, axis=list(axes), keepdims=True) if axes else t
+    """Sum over `axes`, keepdims: column reductions as a product with ones (see `reduce_sum`)."""
+    return reduce_sum(t, axes) if axes else t
 
 
 class _Groups:
@@ -189,9 +190,18 @@ def _fused_view(x: tf.Tensor, reduction: Reduction) -> tf.Tensor | None:
     return tf.reshape(x, [-1, 1, 1, int(plan.shape[-1])])
 
 
+# FusedBatchNormV3's CPU kernel adds each channel's values one after another: its output error grows with
+# the rows (5e-5 at 131072, 4e-4 at 524288, 3e-3 at 2M for zero-mean data; at 2M and mean 1e4 its mean is
+# off by ~1e-2 relative and no check of its own statistics can tell). Above this many rows (static shapes)
+# the portable path runs; a dynamic batch cannot be told apart and keeps the kernel, as tf.keras 2 did.
+_FUSED_MAX_ROWS = 1 << 17
+
+
 def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
     view = _fused_view(x, reduction)
     if view is None or x.dtype == tf.float64:
+        return NotImplemented
+    if view.shape[0] is not None and view.shape[0] > _FUSED_MAX_ROWS:
         return NotImplemented
     channels = int(view.shape[-1])
     scale = tf.cast(ops.convert_to_tensor(gamma), tf.float32) if gamma is not None else tf.ones([channels])

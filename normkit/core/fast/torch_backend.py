@@ -98,6 +98,10 @@ _BATCH_LIMIT = 2.0
 # Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
 # the limits).
 _SHIFT_BELOW = 0.5
+# The channels-last group-norm and the batch-norm CPU kernels also accumulate in float32 over each statistic's
+# values: their output error grows with the count (~5e-5 at 131072, ~1.6e-4 at 524288 values, zero-mean
+# data). Statistics over more values than this take the two-pass paths (torch's own reductions are accurate).
+_KERNEL_MAX_COUNT = 1 << 18
 # Values per statistic in that sample: the sampled c's noise is ~1/sqrt(128) = 0.09, so even the largest of
 # thousands of statistics (instance norm) of zero-mean data stays below _SHIFT_BELOW.
 _SAMPLED_VALUES = 128
@@ -174,7 +178,7 @@ def _channels_last_forward(nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: 
     n, s, c = nsc.shape
     shift = _shift_from_sample(_sample_rows(nsc, 1, c // groups), (1,), groups)
     xs = nsc if shift is None else nsc - _per_channel(shift, c)
-    for _attempt in range(2):
+    for _attempt in range(2 if s * (c // groups) <= _KERNEL_MAX_COUNT else 0):
         y, mean, rstd = _channels_last_kernel(xs, w, b, groups, eps)
         if _condition(mean, rstd) <= _GROUP_LAST_LIMIT:
             return y, xs, mean, rstd
@@ -348,6 +352,8 @@ def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float
     count = view.numel() // view.shape[1]
     if count < 2:
         return NotImplemented  # torch refuses a single value per channel in training
+    if count > _KERNEL_MAX_COUNT and _guarded(x):
+        return NotImplemented  # the portable two-pass path (see _KERNEL_MAX_COUNT)
     if not _guarded(x):
         return _batch_norm_kernel(view, w, b, eps, count)
     shift = None
