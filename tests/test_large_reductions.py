@@ -151,6 +151,38 @@ def test_portable_path_on_millions_of_values_per_statistic(name, monkeypatch):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, **kwargs)), y_ref, rtol=0, atol=PRECISE_TOL)
 
 
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="a dynamic batch size in a TensorFlow graph")
+@pytest.mark.parametrize("rows", [4096, 1 << 21])
+def test_tf_batch_norm_with_a_dynamic_batch_size(rows):
+    """Traced with an unknown batch size, the row count is not known ahead of time: past _FUSED_MAX_ROWS rows
+    a branch with two-pass statistics must run instead of FusedBatchNormV3, forward and gradient."""
+    import tensorflow as tf
+
+    gamma, beta = _params(2)
+    x, noise = _rng_data((rows, 2), 1e4, seed=10)
+    # A cotangent correlated with x: every term of dx (the one in mean(dy * xhat) too) is then well above
+    # the tolerance.
+    x64 = x.astype(np.float64)
+    ct = (noise + (x64 - x64.mean(0)) / x64.std(0)).astype("float32")
+    y_ref, dx_ref, xhat = _reference(x, gamma, beta, ((rows, 2), (0,)), ct)
+    spec, param = tf.TensorSpec([None, 2], tf.float32), tf.TensorSpec([2], tf.float32)
+
+    @tf.function(input_signature=[spec, spec, param, param])
+    def step(t: Any, upstream: Any, g: Any, b: Any) -> Any:
+        with tf.GradientTape() as tape:
+            tape.watch([t, g, b])
+            y = normkit.ops.batch_norm(t, None, None, g, b)
+            loss = tf.reduce_sum(y * upstream)
+        return y, tape.gradient(loss, [t, g, b])
+
+    y, (dx, dgamma, dbeta) = step(*(tf.constant(a) for a in (x, ct, gamma, beta)))
+    np.testing.assert_allclose(y.numpy(), y_ref, rtol=0, atol=PRECISE_TOL)
+    np.testing.assert_allclose(dx.numpy(), dx_ref, rtol=0, atol=2e-3 * np.abs(dx_ref).max())
+    ct64 = ct.astype(np.float64)
+    np.testing.assert_allclose(dgamma.numpy(), (ct64 * xhat).sum(0), rtol=1e-4)
+    np.testing.assert_allclose(dbeta.numpy(), ct64.sum(0), rtol=1e-4, atol=1e-2)
+
+
 def test_large_batch_moving_statistics_at_large_offset():
     layer, _, _ = _layer_with(lambda: normkit.BatchNormalization(momentum=0.0), (16384, 8))
     x, _ = _rng_data((16384, 8), 1e4)

@@ -192,8 +192,8 @@ def _fused_view(x: tf.Tensor, reduction: Reduction) -> tf.Tensor | None:
 
 # FusedBatchNormV3's CPU kernel adds each channel's values one after another: its output error grows with
 # the rows (5e-5 at 131072, 4e-4 at 524288, 3e-3 at 2M for zero-mean data; at 2M and mean 1e4 its mean is
-# off by ~1e-2 relative and no check of its own statistics can tell). Above this many rows (static shapes)
-# the portable path runs; a dynamic batch cannot be told apart and keeps the kernel, as tf.keras 2 did.
+# off by ~1e-2 relative and no check of its own statistics can tell). Above this many rows the portable path
+# runs (static shapes) or, for a dynamic batch, a two-pass branch of the guarded kernel (`_accurate_branch`).
 _FUSED_MAX_ROWS = 1 << 17
 
 
@@ -208,7 +208,8 @@ def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any,
     offset = tf.cast(ops.convert_to_tensor(beta), tf.float32) if beta is not None else tf.zeros([channels])
     scale, offset = tf.reshape(scale, [-1]), tf.reshape(offset, [-1])
     if view.dtype == tf.float32:
-        y, mean, variance = _guarded_fused_batch_norm(float(epsilon))(view, scale, offset)
+        dynamic_rows = view.shape[0] is None
+        y, mean, variance = _guarded_fused_batch_norm(float(epsilon), dynamic_rows)(view, scale, offset)
     else:
         # 16-bit inputs are not shifted (the subtraction would round in 16 bits); the kernel accumulates their
         # statistics in float32.
@@ -234,8 +235,41 @@ def _fused_kernel(v: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: fl
     )
 
 
+_ROWS = (0, 1, 2)  # the reduced axes of the [M, 1, 1, C] view
+
+
+def _accurate_branch(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float) -> list[tf.Tensor]:
+    """What `_fused_kernel`'s callers get, [x used, y, mean, unbiased variance, 3 reserve spaces], from
+    two-pass statistics of x shifted by its first row, summed by `reduce_sum` (accurate for any row count).
+    Its reserve spaces are the mean and biased variance of the x used, for `_accurate_grad`."""
+    rows = tf.cast(tf.shape(view)[0], view.dtype)
+    shift = tf.stop_gradient(view[:1])
+    used = view - shift
+    mean = reduce_sum(used, _ROWS) / rows
+    centered = used - mean
+    variance = reduce_sum(centered * centered, _ROWS) / rows
+    y = centered * (tf.math.rsqrt(variance + epsilon) * scale) + offset
+    mean, variance = tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+    unbiased = variance * rows / tf.maximum(rows - 1.0, 1.0)
+    return [used, y, mean + tf.reshape(shift, [-1]), unbiased, mean, variance, tf.zeros([0], view.dtype)]
+
+
+def _accurate_grad(
+    dy: tf.Tensor, used: tf.Tensor, scale: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, epsilon: float
+) -> list[tf.Tensor]:
+    """dx, dscale, doffset of batch normalization from the saved x and its statistics (rows summed by
+    `reduce_sum`): dx = rstd * scale * (dy - mean(dy) - xhat * mean(dy * xhat))."""
+    rows = tf.cast(tf.shape(used)[0], used.dtype)
+    rstd = tf.math.rsqrt(variance + epsilon)
+    xhat = (used - mean) * rstd
+    doffset = reduce_sum(dy, _ROWS)
+    dscale = reduce_sum(dy * xhat, _ROWS)
+    dx = (rstd * scale) * (dy - doffset / rows - xhat * (dscale / rows))
+    return [dx, tf.reshape(dscale, [-1]), tf.reshape(doffset, [-1])]
+
+
 @lru_cache(maxsize=64)
-def _guarded_fused_batch_norm(epsilon: float) -> Any:
+def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any:
     """(y, mean, unbiased variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 data, accurate for any offset.
 
     The kernel runs on x as it is; only where its own statistics say it saw c = |mean| / std > _BATCH_LIMIT
@@ -243,10 +277,49 @@ def _guarded_fused_batch_norm(epsilon: float) -> Any:
     tf.cond. The gradient is FusedBatchNormGradV3 on whichever data the kernel normalized (batch normalization
     is invariant to the shift): written by hand so that tf.cond's own gradient, which would make the unshifted
     branch output zeros the size of x for the other branch's intermediates, is never built. The statistics are
-    for the moving averages: no gradient flows back through them (as with tf.keras 2's fused layer)."""
+    for the moving averages: no gradient flows back through them (as with tf.keras 2's fused layer).
+
+    With `dynamic_rows` (a batch size unknown when tracing) a first tf.cond sends more than _FUSED_MAX_ROWS
+    rows to `_accurate_branch` instead, and the gradient follows the branch taken."""
 
     @tf.custom_gradient
     def guarded(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> Any:
+        if dynamic_rows:
+            many_rows = tf.shape(view)[0] > _FUSED_MAX_ROWS
+            used, y, mean, variance, *reserve = tf.cond(
+                many_rows, lambda: _accurate_branch(view, scale, offset, epsilon), lambda: fused(view, scale, offset)
+            )
+        else:
+            many_rows = None
+            used, y, mean, variance, *reserve = fused(view, scale, offset)
+
+        def grad(dy: tf.Tensor, *_unused: Any) -> tuple[tf.Tensor, ...]:
+            if many_rows is None:
+                return tuple(fused_grad(dy))
+            return tuple(
+                tf.cond(
+                    many_rows,
+                    lambda: _accurate_grad(dy, used, scale, reserve[0], reserve[1], epsilon),
+                    lambda: fused_grad(dy),
+                )
+            )
+
+        def fused_grad(dy: tf.Tensor) -> list[tf.Tensor]:
+            dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                y_backprop=dy,
+                x=used,
+                scale=scale,
+                reserve_space_1=reserve[0],
+                reserve_space_2=reserve[1],
+                reserve_space_3=reserve[2],
+                epsilon=epsilon,
+                is_training=True,
+            )
+            return [dx, dscale, doffset]
+
+        return (y, mean, variance), grad
+
+    def fused(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> list[tf.Tensor]:
         first = _fused_kernel(view, scale, offset, epsilon)
         mean, variance = first[1], first[2]
         # NaN (NaN data, or a sum of squares overflowing float32) counts as ill-conditioned.
@@ -258,22 +331,7 @@ def _guarded_fused_batch_norm(epsilon: float) -> Any:
             second = _fused_kernel(shifted, scale, offset, epsilon)
             return [shifted, second[0], second[1] + shift, *second[2:]]
 
-        used, y, mean, variance, *reserve = tf.cond(well_conditioned, lambda: [view, *first], reshift)
-
-        def grad(dy: tf.Tensor, *_unused: Any) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-            dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy,
-                x=used,
-                scale=scale,
-                reserve_space_1=reserve[0],
-                reserve_space_2=reserve[1],
-                reserve_space_3=reserve[2],
-                epsilon=epsilon,
-                is_training=True,
-            )
-            return dx, dscale, doffset
-
-        return (y, mean, variance), grad
+        return tf.cond(well_conditioned, lambda: [view, *first], reshift)
 
     return guarded
 
