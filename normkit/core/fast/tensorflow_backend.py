@@ -1,14 +1,16 @@
 """TensorFlow fast paths.
 
 - batch normalization in training, channels-last (any rank, seen as [M, 1, 1, C]): `FusedBatchNormV3`,
-  the kernel tf.keras 2 used, guarded for large offsets (`_guarded_fused_batch_norm`). Its batch_variance
-  output is Bessel-corrected (n / (n - 1)); it
-  is converted back to the biased variance the layer's moving average and the spec need.
+  the kernel tf.keras 2 used, guarded for large offsets and used only up to _FUSED_MAX_ROWS rows
+  (`_guarded_fused_batch_norm`). Its batch_variance output is Bessel-corrected (n / (n - 1)); it is
+  converted back to the biased variance the layer's moving average and the spec need.
 - group/instance/layer normalization: a `tf.custom_gradient` kernel on the flat view (channels one
   contiguous axis): single-pass statistics in float32 (for 16-bit data too), so that a mean-1e4 input keeps
   its variance taken on shifted data: group/instance norm take them on x itself where the mean is small
   against the spread and on x shifted by its mean otherwise (`tf.cond`); layer norm always on x shifted by
   its first value per row. The analytic backward saves only x, the per-group shift, mean and 1/std.
+  Column sums (over H*W, or the batch) are products with ones (`reduce_sum`): TensorFlow's reduce_sum over
+  a middle axis loses digits in proportion to the count.
 """
 
 from __future__ import annotations
