@@ -24,8 +24,8 @@ from keras import ops
 from normkit.core.fast import register
 from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan, make_plan
-from normkit.core.normalize import Reduction
-from normkit.core.statistics import Moments, reduce_sum
+from normkit.core.normalize import Reduction, batch_reduction, normalize
+from normkit.core.statistics import Moments, centered_moments, reduce_sum
 
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
 
@@ -238,20 +238,18 @@ def _fused_kernel(v: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: fl
 
 
 _ROWS = (0, 1, 2)  # the reduced axes of the [M, 1, 1, C] view
+# The same view as [M, C] for the shared analytic backward (which reads only the axes' roles, not sizes).
+_ROWS_PLAN = make_plan((None, 1), batch_reduction(2, (1,)))
 
 
 def _accurate_branch(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float) -> list[tf.Tensor]:
-    """What `_fused_kernel`'s callers get, [x used, y, mean, unbiased variance, 3 reserve spaces], from
-    two-pass statistics of x shifted by its first row, summed by `reduce_sum` (accurate for any row count).
-    Its reserve spaces are the mean and biased variance of the x used, for `_accurate_grad`."""
+    """What `_fused_kernel`'s callers get, [x used, y, mean, unbiased variance, 3 reserve spaces], from the
+    portable core's shifted two-pass statistics (`centered_moments`, summed by `reduce_sum`: accurate for
+    any row count). Its reserve spaces are the mean and biased variance of the x used, for `_accurate_grad`."""
+    used, stats, shift = centered_moments(view, _ROWS)
+    y = normalize(used, stats.mean, stats.variance, scale, offset, epsilon)
     rows = tf.cast(tf.shape(view)[0], view.dtype)
-    shift = tf.stop_gradient(view[:1])
-    used = view - shift
-    mean = reduce_sum(used, _ROWS) / rows
-    centered = used - mean
-    variance = reduce_sum(centered * centered, _ROWS) / rows
-    y = centered * (tf.math.rsqrt(variance + epsilon) * scale) + offset
-    mean, variance = tf.reshape(mean, [-1]), tf.reshape(variance, [-1])
+    mean, variance = tf.reshape(stats.mean, [-1]), tf.reshape(stats.variance, [-1])
     unbiased = variance * rows / tf.maximum(rows - 1.0, 1.0)
     return [used, y, mean + tf.reshape(shift, [-1]), unbiased, mean, variance, tf.zeros([0], view.dtype)]
 
@@ -259,15 +257,15 @@ def _accurate_branch(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsil
 def _accurate_grad(
     dy: tf.Tensor, used: tf.Tensor, scale: tf.Tensor, mean: tf.Tensor, variance: tf.Tensor, epsilon: float
 ) -> list[tf.Tensor]:
-    """dx, dscale, doffset of batch normalization from the saved x and its statistics (rows summed by
-    `reduce_sum`): dx = rstd * scale * (dy - mean(dy) - xhat * mean(dy * xhat))."""
-    rows = tf.cast(tf.shape(used)[0], used.dtype)
+    """dx, dscale, doffset from the saved x and its statistics, by the shared analytic backward on [M, C]."""
+    channels = tf.shape(used)[-1]
+    rows = tf.shape(used)[0]
     rstd = tf.math.rsqrt(variance + epsilon)
-    xhat = (used - mean) * rstd
-    doffset = reduce_sum(dy, _ROWS)
-    dscale = reduce_sum(dy * xhat, _ROWS)
-    dx = (rstd * scale) * (dy - doffset / rows - xhat * (dscale / rows))
-    return [dx, tf.reshape(dscale, [-1]), tf.reshape(doffset, [-1])]
+    xhat = (tf.reshape(used, [rows, channels]) - mean) * rstd
+    dx, dscale, doffset = shared_backward(
+        tf.reshape(dy, [rows, channels]), xhat, rstd, scale, _ROWS_PLAN, tf.cast(rows, used.dtype), _sum, lambda t: t
+    )
+    return [tf.reshape(dx, tf.shape(used)), tf.reshape(dscale, [-1]), tf.reshape(doffset, [-1])]
 
 
 @lru_cache(maxsize=64)
