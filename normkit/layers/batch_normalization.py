@@ -304,10 +304,10 @@ class BatchNormalization(AffineNormalization):
             )
             batch_mean, batch_variance = stats.mean, stats.variance
             count = None
-            if mask is not None or (self._bessel and _static_count(inputs, reduction.reduction_axes) is None):
-                count = reduction_count(inputs, reduction.reduction_axes, mask=mask)
-            elif self._bessel:
+            if self._bessel and mask is None:
                 count = _static_count(inputs, reduction.reduction_axes)  # a Python int: no ops per call
+            if count is None and (self._bessel or mask is not None):
+                count = reduction_count(inputs, reduction.reduction_axes, mask=mask)
         else:
             outputs, batch_mean, batch_variance, count = self._train_general(inputs, mask)
         self._update(inputs, batch_mean, batch_variance, count, has_mask=mask is not None)
