@@ -68,15 +68,6 @@ class _Groups:
         total = tf.reduce_sum(s, axis=self.axis + 1, keepdims=True)
         return tf.reshape(tf.broadcast_to(total, tf.shape(s)), shape)
 
-    def first(self, t: tf.Tensor) -> tf.Tensor:
-        if self.axis is None:
-            return t
-        s, shape = self._split(t)
-        begin = [0] * len(s.shape)
-        size = [-1] * len(s.shape)
-        size[self.axis + 1] = 1
-        return tf.reshape(tf.broadcast_to(tf.slice(s, begin, size), tf.shape(s)), shape)
-
 
 @lru_cache(maxsize=256)
 def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> Any:
