@@ -20,6 +20,8 @@ import sys
 import tempfile
 from typing import Any
 
+from normkit.bench.cases import best_native
+
 BACKENDS = ("jax", "tensorflow", "torch")
 COLUMNS = [
     "backend", "device", "case", "variant",
@@ -112,9 +114,7 @@ def merge_runs(runs: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
             for mode in modes:
                 values = [r["ms"][variant][mode] for r in group if r["ms"][variant][mode] is not None]
                 ms[variant][mode] = statistics.median(values) if values else None
-        natives = [k for k in ms if k.startswith("native")]
-        best = {m: min(ms[k][m] for k in natives) for m in ("fwd", "fwdbwd")}
-        best_name = {m: min(natives, key=lambda k, m=m: ms[k][m]) for m in ("fwd", "fwdbwd")}
+        best, best_name = best_native(ms)
         merged.append({**first, "ms": ms, "native_best": best, "native_best_name": best_name, "runs": len(group)})
     return merged
 

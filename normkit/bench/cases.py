@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -48,3 +49,12 @@ def smoke_cases() -> list[Case]:
         Case("ln_smoke", "LayerNormalization", (4, 8, 32)),
         Case("bn_smoke", "BatchNormalization", (16, 32)),
     ]
+
+
+def best_native(ms: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, str]]:
+    """Per mode, the fastest of the native variants (torch GroupNorm: NCHW-contiguous vs channels_last) and
+    its name, from a row's times."""
+    natives = [k for k in ms if k.startswith("native")]
+    best = {m: min(ms[k][m] for k in natives) for m in ("fwd", "fwdbwd")}
+    name = {m: min(natives, key=lambda k, m=m: ms[k][m]) for m in ("fwd", "fwdbwd")}
+    return best, name

@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import normkit  # noqa: E402
-from normkit.bench.cases import Case, full_cases, smoke_cases  # noqa: E402
+from normkit.bench.cases import Case, best_native, full_cases, smoke_cases  # noqa: E402
 
 BACKEND = keras.backend.backend()
 
@@ -369,10 +369,7 @@ def measure(case: Case, reps: int, device: str) -> dict[str, Any]:
                     fn()
                 times[name][mode].append((time.perf_counter() - start) / n)
     medians = {k: {m: (statistics.median(v) * 1e3 if v else None) for m, v in d.items()} for k, d in times.items()}
-    # The best native variant per mode (torch GroupNorm: NCHW-contiguous vs channels_last).
-    natives = [k for k in medians if k.startswith("native")]
-    best = {m: min(medians[k][m] for k in natives) for m in ("fwd", "fwdbwd")}
-    best_name = {m: min(natives, key=lambda k: medians[k][m]) for m in ("fwd", "fwdbwd")}
+    best, best_name = best_native(medians)
     itemsize = 2 if _input_dtype(case) == "bfloat16" else 4
     return {
         "backend": BACKEND,
