@@ -53,7 +53,9 @@ def make_layers(case: Case) -> dict[str, keras.layers.Layer]:
     else:
         ours, builtin = normkit.BatchNormalization(**kw), keras.layers.BatchNormalization(**kw)
     portable = type(ours).from_config(ours.get_config())
-    return {"normkit": ours, "portable": portable, "keras": builtin}
+    # identity: a layer that does nothing, timed like the others: the harness's own floor (the loss, its
+    # gradient, and in torch's eager mode the fixed cost of a Keras layer call, which bare native calls skip).
+    return {"normkit": ours, "portable": portable, "keras": builtin, "identity": keras.layers.Identity()}
 
 
 def _input_dtype(case: Case) -> str:
@@ -70,17 +72,18 @@ def _jax_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str) 
     dev = jax.devices("gpu")[0] if device == "gpu" else jax.devices("cpu")[0]
     x = jax.device_put(jnp.asarray(x_np).astype(_input_dtype(case)), dev)
     ct = jax.device_put(jnp.asarray(ct_np), dev)
-    training = {"training": True} if case.layer == "BatchNormalization" else {}
     out: dict[str, tuple[Any, Any]] = {}
     for name, layer in make_layers(case).items():
         layer.build(x.shape)
         tv = [v.value for v in layer.trainable_variables]
         ntv = [v.value for v in layer.non_trainable_variables]
+        # stateless_call hands `training` to call() as it is (Identity takes none).
+        training = {"training": True} if case.layer == "BatchNormalization" and name != "identity" else {}
 
-        def fwd(tv: Any, ntv: Any, x: Any, layer: Any = layer) -> Any:
+        def fwd(tv: Any, ntv: Any, x: Any, layer: Any = layer, training: Any = training) -> Any:
             return layer.stateless_call(tv, ntv, x, **training)
 
-        def loss(tv: Any, ntv: Any, x: Any, layer: Any = layer) -> Any:
+        def loss(tv: Any, ntv: Any, x: Any, layer: Any = layer, training: Any = training) -> Any:
             y, new_ntv = layer.stateless_call(tv, ntv, x, **training)
             return jnp.sum(y.astype(jnp.float32) * ct), new_ntv
 
@@ -94,12 +97,13 @@ def _jax_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str) 
             lambda f=f, tv=tv, ntv=ntv: jax.block_until_ready(f(tv, ntv, x)),
             lambda fb=fb, tv=tv, ntv=ntv: jax.block_until_ready(fb(tv, ntv, x)),
         )
-        out[name + ":saved"] = _jax_saved_bytes(
-            lambda tv, x, layer=layer, ntv=ntv: layer.stateless_call(tv, ntv, x, **training)[0],
-            tv,
-            x,
-            name == "portable",
-        )
+        if name != "identity":
+            out[name + ":saved"] = _jax_saved_bytes(
+                lambda tv, x, layer=layer, ntv=ntv, training=training: layer.stateless_call(tv, ntv, x, **training)[0],
+                tv,
+                x,
+                name == "portable",
+            )
 
     # Native: jax.nn.standardize (mean and E[x^2] - E[x]^2) on the grouped view, plus the affine.
     shape = x.shape
@@ -187,7 +191,8 @@ def _torch_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str
                 return layer(t, **training)
 
         out[name] = (lambda call=call: forward(call), lambda call=call, params=params: fwd_bwd(call, params))
-        out[name + ":saved"] = _torch_saved_bytes(call, x)
+        if name != "identity":
+            out[name + ":saved"] = _torch_saved_bytes(call, x)
 
     channels = x.shape[-1]
     gamma = torch.ones(channels, device=dev, requires_grad=True)
@@ -226,11 +231,6 @@ def _torch_variants(case: Case, x_np: np.ndarray, ct_np: np.ndarray, device: str
     for name, fn in natives.items():
         out[name] = (lambda fn=fn: forward(fn), lambda fn=fn: fwd_bwd(fn, [gamma, beta]))
     out["copy"] = (lambda: (x.clone(), sync()), None)
-    # What any Keras layer call costs in torch's eager mode (an identity layer, called as the layers are):
-    # the native variants are bare function calls and do not pay it. (Under jax.jit / tf.function a layer
-    # call is traced away.)
-    identity = keras.layers.Identity()
-    out["layer_call"] = (lambda: forward(lambda t: identity(t, **training)), None)
     return out
 
 
