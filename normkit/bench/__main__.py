@@ -3,6 +3,7 @@
     python -m normkit.bench                       # every case, jax, tensorflow and torch, CPU (and GPU if any)
     python -m normkit.bench --smoke --out t.md    # tiny shapes, one repetition: checks the harness only
     python -m normkit.bench --backends torch --only gn_32x56x56x64
+    python -m normkit.bench --malloc glibc        # glibc's allocator defaults instead of heap reuse
 
 Each backend runs in its own process (normkit.bench.worker). The table gives medians in ms of forward and
 forward+backward, and the ratios normkit / Keras built-in, normkit / best native op, normkit / copy of the
