@@ -34,7 +34,6 @@ Layouts and reductions the kernels do not cover fall back to the portable path.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
@@ -125,17 +124,16 @@ def _sample_step(size: int, values_per_slice: int) -> tuple[int, int]:
     return size // slices, slices
 
 
-def _sample_rows(t: torch.Tensor, dim: int, values_per_slice: int) -> torch.Tensor:
-    """The slices of `_sample_step` along `dim` (a view)."""
-    step, slices = _sample_step(t.shape[dim], values_per_slice)
-    return t[(slice(None),) * dim + (slice(0, step * slices, step),)]
+def _sample_rows(nsc: torch.Tensor, values_per_slice: int) -> torch.Tensor:
+    """The positions of `_sample_step` along S of [N, S, C] (a view)."""
+    step, slices = _sample_step(nsc.shape[1], values_per_slice)
+    return nsc[:, 0 : step * slices : step]
 
 
-def _shift_from_sample(sample: torch.Tensor, dims: tuple[int, ...], groups: int = 0) -> torch.Tensor | None:
-    """The sample's mean over `dims` (the kept dims' shape; with `groups`, the last kept dim is split into
-    that many groups and summed within each) as the shift, or None when the sample says no shift is needed
-    (c <= _SHIFT_BELOW). The group sums come second, on the small per-channel sums: torch reduces a strided
-    [N, R, G, K] view over (1, 3) ~8x slower than [N, R, C] over 1.
+def _shift_from_sample(sample: torch.Tensor, groups: int) -> torch.Tensor | None:
+    """The [N, G] group means of an [N, R, C] sample (C split into `groups` groups) as the shift, or None when
+    the sample says no shift is needed (c <= _SHIFT_BELOW). Sums over R per channel first, then within each
+    group on those small sums: torch reduces a strided [N, R, G, K] view over (1, 3) ~8x slower.
 
     One-pass sums are enough for this decision: where they lose digits (c of 1e3 and more) c still comes out
     large. With s1, s2 the sums of x and x^2 over n values, c > b  <=>  mean^2 > b^2 (E[x^2] - mean^2)  <=>
@@ -143,13 +141,10 @@ def _shift_from_sample(sample: torch.Tensor, dims: tuple[int, ...], groups: int 
     asks for the shift too. Sums rather than var_mean (~10x slower over strided dims): ~30 us a call.
     """
     sample = sample.detach()
-    count = math.prod(sample.shape[d] for d in dims)
-    s1 = sample.sum(dims)
-    s2 = torch.mul(sample, sample).sum(dims)
-    if groups:
-        count *= s1.shape[-1] // groups
-        s1 = s1.unflatten(-1, (groups, -1)).sum(-1)
-        s2 = s2.unflatten(-1, (groups, -1)).sum(-1)
+    n, rows, channels = sample.shape
+    count = rows * (channels // groups)
+    s1 = sample.sum(1).unflatten(-1, (groups, -1)).sum(-1)
+    s2 = torch.mul(sample, sample).sum(1).unflatten(-1, (groups, -1)).sum(-1)
     b2 = _SHIFT_BELOW * _SHIFT_BELOW
     small = (torch.addcmul(s2, s1, s1, value=-(1 + b2) / (b2 * count)) >= 0).logical_and_(torch.isfinite(s2))
     return None if bool(small.all()) else s1 / count
@@ -176,7 +171,7 @@ def _channels_last_forward(nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: 
     """(y, xs, mean, rstd): y from the channels-last kernel on xs = x - shift, with the guard of the module
     docstring; mean is the mean of xs. Falls back to two-pass statistics of xs if the guard fails twice."""
     n, s, c = nsc.shape
-    shift = _shift_from_sample(_sample_rows(nsc, 1, c // groups), (1,), groups)
+    shift = _shift_from_sample(_sample_rows(nsc, c // groups), groups)
     xs = nsc if shift is None else nsc - _per_channel(shift, c)
     for _attempt in range(2 if s * (c // groups) <= _KERNEL_MAX_COUNT else 0):
         y, mean, rstd = _channels_last_kernel(xs, w, b, groups, eps)
