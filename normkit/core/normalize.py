@@ -2,8 +2,10 @@
 
 Every normkit normalization is this computation with a different `Reduction` (which axes share one mean
 and variance, and whether channels are first split into groups). `normalize_with_batch_statistics` is the
-single entry point the functional ops and the layers use; a backend fast path (`normkit.core.fast`) may
-take over for a reduction it implements with the same semantics.
+single entry point the functional ops and the layers use; `compute_statistics` (normkit.core.statistics)
+and `normalize` (here) are its two halves, which batch normalization's ghost-batch, renorm and adjustment
+training call directly. A backend fast path (`normkit.core.fast`) may take over for a reduction and variant it
+implements with the same semantics.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from keras import ops
 
 from normkit.core import fast
-from normkit.core.statistics import Moments, centered_moments, statistics_dtype
+from normkit.core.statistics import CrossReplicaSum, Moments, compute_statistics, statistics_dtype
 
 Tensor = Any
 
@@ -86,23 +88,38 @@ def _grouped_shape(x: Tensor, reduction: Reduction) -> list[Any]:
 
 def normalize(
     x: Tensor,
-    mean: Tensor,
+    mean: Tensor | None,
     variance: Tensor,
     gamma: Tensor | None,
     beta: Tensor | None,
-    epsilon: float,
+    epsilon: float | Tensor,
+    *,
+    shift: Tensor | None = None,
+    count: Tensor | None = None,
 ) -> Tensor:
-    """Applies given statistics and affine parameters (all broadcastable to x) in the statistics dtype.
+    """Applies statistics and affine parameters (all broadcastable to x) in the statistics dtype:
 
-    Written as (x - mean) * scale + beta, not x * scale + (beta - mean * scale): with a large common offset
-    the subtraction of two nearby numbers is exact, the other order is not.
+        y = ((x - shift) - mean) * rsqrt(variance + epsilon) * gamma + beta
+
+    (a missing shift or mean is 0, a missing gamma 1, a missing beta 0). Where `count` (the statistics'
+    count, `compute_statistics`) is 0, xhat is 0: the output is beta. Written as ((x - shift) - mean) * scale
+    + beta, not x * scale + (beta - mean * scale): with a large common offset the subtraction of two nearby
+    numbers is exact, the other order is not. `epsilon` may be a tensor (a learned epsilon carries its
+    gradient). The result has x's dtype.
     """
     dtype = statistics_dtype(x.dtype)
     xs = ops.cast(x, dtype)
+    if not isinstance(epsilon, (int, float)):
+        epsilon = ops.cast(epsilon, dtype)
     scale = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    if count is not None:
+        scale = ops.where(count > 0, scale, ops.zeros_like(scale))
     if gamma is not None:
         scale = scale * ops.cast(gamma, dtype)
-    y = (xs - ops.cast(mean, dtype)) * scale
+    centered = xs if shift is None else xs - ops.cast(shift, dtype)
+    if mean is not None:
+        centered = centered - ops.cast(mean, dtype)
+    y = centered * scale
     if beta is not None:
         y = y + ops.cast(beta, dtype)
     return ops.cast(y, x.dtype)
@@ -113,51 +130,61 @@ def normalize_with_batch_statistics(
     reduction: Reduction,
     gamma: Tensor | None,
     beta: Tensor | None,
-    epsilon: float,
+    epsilon: float | Tensor,
     *,
     mask: Tensor | None = None,
+    centered: bool = True,
+    cross_replica: CrossReplicaSum | None = None,
     return_statistics: bool = False,
 ) -> Tensor | tuple[Tensor, Moments]:
-    """Normalizes x with statistics computed from x itself over `reduction`.
+    """Normalizes x with statistics computed from x itself over `reduction` (the entry point of every layer).
 
-    gamma and beta have the shape of the parameter axes (flattened in the order of `param_axes`).
-    With return_statistics the per-reduction mean and variance come back too (keepdims, in the grouped view
-    when channels are grouped), in the statistics dtype: batch normalization needs them for its moving
-    averages.
+    centered=True:  y = (x - mean) / sqrt(variance + epsilon) * gamma + beta  (biased variance);
+    centered=False: y = x / sqrt(nu2 + epsilon) * gamma + beta,  nu2 = mean of x^2 (RMSNormalization,
+    FilterResponseNormalization).
+
+    gamma and beta have the shape of the parameter axes (flattened in the order of `param_axes`), or are
+    None. `epsilon` is a Python float or a scalar tensor (a learned epsilon: its gradient flows). `mask`
+    (broadcastable to x) leaves the positions where it is 0 out of the statistics, for every reduction; a
+    statistic over no value gives xhat = 0 (y = beta) and statistics 0. `cross_replica` sums the statistics
+    across replicas: see `compute_statistics` for the protocol. With `return_statistics`, the per-reduction
+    Moments(mean, variance) come back too (keepdims, in the grouped view when channels are grouped, in the
+    statistics dtype; Moments(0, nu2) when not centered).
+
+    A backend fast path (`normkit.core.fast`, its table `GUARDS`) may compute the result; it declines
+    (NotImplemented) every variant it does not implement, and the portable path below runs.
     """
-    if mask is None and not return_statistics:
-        result = fast.dispatch("normalize_with_batch_statistics", x, reduction, gamma, beta, epsilon)
-        if result is not NotImplemented:
-            return result
-    if mask is None and return_statistics:
-        # (y, Moments) with keepdims statistics in the statistics dtype, as the portable path returns.
-        result = fast.dispatch("normalize_with_batch_statistics_and_moments", x, reduction, gamma, beta, epsilon)
-        if result is not NotImplemented:
-            return result
+    result = fast.dispatch(
+        x,
+        reduction,
+        gamma,
+        beta,
+        epsilon,
+        mask=mask,
+        centered=centered,
+        cross_replica=cross_replica,
+        return_statistics=return_statistics,
+    )
+    if result is not NotImplemented:
+        return result
 
     param_shape = param_broadcast_shape(x.shape, reduction)
     gamma_b = None if gamma is None else ops.reshape(gamma, param_shape)
     beta_b = None if beta is None else ops.reshape(beta, param_shape)
-    if reduction.group_axis is None:
-        y, stats = _normalize_shifted(x, reduction.reduction_axes, mask, gamma_b, beta_b, epsilon)
-    else:
-        original_shape = ops.shape(x)
-        grouped = ops.reshape(x, _grouped_shape(x, reduction))
+    view, axes = x, reduction.reduction_axes
+    if reduction.group_axis is not None:
+        grouped_shape = _grouped_shape(x, reduction)
+        view, axes = ops.reshape(x, grouped_shape), reduction.grouped_reduction_axes
         if mask is not None:
-            mask = ops.expand_dims(mask, reduction.group_axis + 1)
-        y, stats = _normalize_shifted(grouped, reduction.grouped_reduction_axes, mask, gamma_b, beta_b, epsilon)
-        y = ops.reshape(y, original_shape)
-    return (y, stats) if return_statistics else y
-
-
-def _normalize_shifted(
-    x: Tensor, axes: Sequence[int], mask: Tensor | None, gamma: Tensor | None, beta: Tensor | None, epsilon: float
-) -> tuple[Tensor, Moments]:
-    """Two-pass statistics and the normalization, both on x - shift (see `centered_moments`): the mean is then
-    a small number held to full precision, and (x - shift) - mean loses nothing to a large common offset."""
-    centered, stats, shift = centered_moments(x, axes, mask=mask)
-    y = ops.cast(normalize(centered, stats.mean, stats.variance, gamma, beta, epsilon), x.dtype)
-    return y, Moments(stats.mean + shift, stats.variance)
+            mask = ops.reshape(ops.broadcast_to(mask, ops.shape(x)), grouped_shape)
+    stats = compute_statistics(view, axes, mask=mask, centered=centered, cross_replica=cross_replica)
+    y = normalize(
+        view, stats.mean if centered else None, stats.variance, gamma_b, beta_b, epsilon,
+        shift=stats.shift if centered else None, count=stats.count if mask is not None or cross_replica else None,
+    )
+    if reduction.group_axis is not None:
+        y = ops.reshape(y, ops.shape(x))
+    return (y, stats.moments_of_x()) if return_statistics else y
 
 
 def normalize_with_given_statistics(
@@ -169,12 +196,13 @@ def normalize_with_given_statistics(
     beta: Tensor | None,
     epsilon: float,
 ) -> Tensor:
-    """Normalizes x with given statistics shaped like the parameters (batch normalization's inference)."""
+    """Normalizes x with given statistics shaped like the parameters (batch normalization's inference).
+
+    No fast path: the native inference kernels compute x * a + (beta - mean * a), which loses the digits of a
+    large common offset (mean 1e4) that (x - mean) * a + beta keeps.
+    """
     if reduction.group_axis is not None:
         raise ValueError("normalize_with_given_statistics takes an ungrouped reduction")
-    result = fast.dispatch("normalize_with_given_statistics", x, reduction, mean, variance, gamma, beta, epsilon)
-    if result is not NotImplemented:
-        return result
     shape = param_broadcast_shape(x.shape, reduction)
 
     def bcast(t: Tensor | None) -> Tensor | None:

@@ -1,26 +1,35 @@
 """Statistics: the first half of every normalization.
 
-Everything here is written with `keras.ops`, so it runs on every backend. Two forms are offered:
+Everything here is written with `keras.ops`, so it runs on every backend. `compute_statistics` is the one
+function every layer's statistics come from (the portable path; a backend fast path may compute the same
+numbers its own way). Its variants are arguments: the reduced axes, a mask (weights), whether the mean is
+subtracted (`centered=False`: the mean of squares of RMSNormalization and FilterResponseNormalization) and
+a `cross_replica` hook that sums across replicas.
 
-- `moments`: mean and biased variance by two passes (the variance of `x - mean`), which survives a large
-  common offset where the one-pass E[x^2] - E[x]^2 loses every digit;
-- `sufficient_statistics`: count, shifted sum and shifted sum of squares, which add across devices or
-  ghost batches and are combined by `moments_from_sufficient_statistics` (the form synchronized batch
-  statistics need).
+Exactness under a large common offset (mean 1e4, std 1 in float32: a float32 mean near 1e4 alone is 0.5-1
+ulp, 5e-4 to 1e-3, off, that many standard deviations). The statistics are taken on `x - shift` where the
+shift is a value of x itself per statistic (the first position, or the first unmasked one), with no
+gradient. For data near their mean, `x - shift` is exact (Sterbenz: a - b is exact for b/2 <= a <= 2b), so
+the mean of `x - shift` is a small number held to full precision, and the normalization
+`((x - shift) - mean) * rstd` loses nothing to the offset. The shift must be a value read from x, not
+computed: a computed shift (sum / count) may be recomputed differently in each place it is used once a
+compiler (XLA under jax.jit or tf.function(jit_compile=True)) fuses it into several consumers, e.g. as
+sum * (1 / count) in one and sum / count in another, and x - shift is then not the same number in the
+statistics and in the normalization (0.01 off at mean 1e4). A value read from x is the same everywhere.
 
 float16 and bfloat16 data are reduced in float32: squares of |x| > 256 overflow float16.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from keras import ops
 
 Tensor = Any
-
-_LOW_PRECISION = ("float16", "bfloat16")
+# Sums the per-replica tensors of a tuple over replicas (an all-reduce sum); see `compute_statistics`.
+CrossReplicaSum = Callable[[tuple[Tensor, ...]], tuple[Tensor, ...]]
 
 
 def statistics_dtype(dtype: Any) -> str:
@@ -87,6 +96,27 @@ class Moments(NamedTuple):
     variance: Tensor
 
 
+class Statistics(NamedTuple):
+    """What `compute_statistics` returns, per statistic (keepdims, in the statistics dtype).
+
+    count: the summed weights (the number of values without a mask); 0 for a statistic over no value.
+    shift: a value of x itself (no gradient): the first position with a positive weight, or the first position
+        where there is none (0 when not centered, for an empty reduction, or where that value is not finite).
+    mean: the mean of x - shift (0 when not centered).
+    variance: the biased variance of x (centered), or the mean of squares nu2 = E[x^2] (not centered).
+
+    The moments of x are (shift + mean, variance): `moments_of_x`.
+    """
+
+    count: Tensor
+    shift: Tensor
+    mean: Tensor
+    variance: Tensor
+
+    def moments_of_x(self) -> Moments:
+        return Moments(self.shift + self.mean, self.variance)
+
+
 class SufficientStatistics(NamedTuple):
     """Additive statistics: combine replicas or sub-batches by summing every field but `shift`."""
 
@@ -96,6 +126,135 @@ class SufficientStatistics(NamedTuple):
     shift: Tensor
 
 
+def compute_statistics(
+    x: Tensor,
+    axes: Sequence[int],
+    *,
+    mask: Tensor | None = None,
+    centered: bool = True,
+    cross_replica: CrossReplicaSum | None = None,
+) -> Statistics:
+    """The statistics of x over `axes` (keepdims), in the statistics dtype.
+
+    centered=True: with s a value of x per statistic (see the module docstring) and w the weights,
+        mean = sum(w (x - s)) / count,  variance = sum(w ((x - s) - mean)^2) / count   (two passes).
+    centered=False: variance = nu2 = sum(w x^2) / count, no mean subtracted (shift and mean are 0).
+
+    mask: broadcastable to x; 0 leaves a position out, other values weigh it (count is the sum of weights).
+    A statistic whose count is 0 gets mean = variance = 0 (never NaN); `normalize` then gives xhat = 0 there.
+
+    cross_replica: None, or a function that takes a tuple of this replica's tensors and returns, in the same
+    order and shapes, their sums over all replicas (an all-reduce sum, differentiable: the gradient is then
+    that of the global computation). Every replica calls `compute_statistics` with the same axes, and the
+    hook is called twice, in this order, with per-statistic tensors of the statistics' (keepdims) shape:
+      1. (has_data, has_data * s): has_data is 1 where this replica's count is positive, s its own shift.
+         The common shift is S = sum(has_data * s) / max(sum(has_data), 1): every replica computes the same S.
+      2. (count, sum(w (x - S)), sum(w (x - S)^2)): each replica's sums relative to the common shift, formed
+         from its sums about its own s as sum(w (x - s)) + count u and
+         sum(w (x - s)^2) + 2 u sum(w (x - s)) + count u^2, u = s - S (exact for s and S near each other).
+    Then mean(x) - S = total sum / total count and variance = total sum of squares / total count -
+    (mean(x) - S)^2, so a large common offset keeps its accuracy globally; counts may differ between
+    replicas, and a replica may have no value at all (count 0: it contributes zeros). The local
+    normalization uses its own s: mean = (mean(x) - S) - u. centered=False calls the hook once with
+    (count, sum(w x^2)).
+    """
+    xs = to_statistics_dtype(x)
+    axes = tuple(axes)
+    dtype = xs.dtype
+    weights = None if mask is None else _weights(mask, xs)
+    count = _count(xs, axes, weights)
+    zero = ops.zeros_like(count)
+    if not centered:
+        squares = ops.square(xs) if weights is None else ops.square(xs) * weights
+        total = reduce_sum(squares, axes)
+        if cross_replica is not None:
+            count, total = _exchange(cross_replica, (count, total), 2)
+        return Statistics(count, zero, zero, total / _safe(count))
+    has_data = count > 0
+    shift = _shift(xs, axes, weights)
+    # Without data the shift is the first position's value (masked): the normalized values of those positions
+    # keep their accuracy; 0 if it is not finite, so that no NaN reaches the statistics.
+    shift = ops.where(ops.isfinite(shift), shift, zero)
+    centered_x = xs - shift
+    if cross_replica is None:
+        safe_count = _safe(count)
+        weighted = centered_x if weights is None else centered_x * weights
+        mean = reduce_sum(weighted, axes) / safe_count
+        deviations = ops.square(centered_x - mean)
+        if weights is not None:
+            deviations = deviations * weights
+        return Statistics(count, shift, mean, reduce_sum(deviations, axes) / safe_count)
+    # One pass on x - s per replica, then the exchanges of the docstring.
+    present = ops.cast(has_data, dtype)
+    replicas, shift_sum = _exchange(cross_replica, (present, present * shift), 2)
+    common = ops.stop_gradient(shift_sum / ops.maximum(replicas, 1.0))
+    offset = ops.stop_gradient(shift - common)  # u = s - S
+    weighted = centered_x if weights is None else centered_x * weights
+    local_sum = reduce_sum(weighted, axes)
+    local_squares = reduce_sum(weighted * centered_x, axes)
+    total_count, total_sum, total_squares = _exchange(
+        cross_replica,
+        (
+            count,
+            local_sum + count * offset,
+            local_squares + 2.0 * offset * local_sum + count * ops.square(offset),
+        ),
+        3,
+    )
+    safe_count = _safe(total_count)
+    mean_about_common = total_sum / safe_count
+    variance = ops.maximum(total_squares / safe_count - ops.square(mean_about_common), 0.0)
+    return Statistics(total_count, shift, mean_about_common - offset, variance)
+
+
+def _exchange(cross_replica: CrossReplicaSum, tensors: tuple[Tensor, ...], size: int) -> tuple[Tensor, ...]:
+    result = tuple(cross_replica(tensors))
+    if len(result) != size:
+        raise ValueError(
+            f"`cross_replica` must return one summed tensor per tensor it receives ({size}). Received: "
+            f"{len(result)} tensors"
+        )
+    return result
+
+
+def _safe(count: Tensor) -> Tensor:
+    """count, with 1 where it is 0: sums over no value are 0, so their quotient is 0 (not NaN)."""
+    return ops.where(count > 0, count, ops.ones_like(count))
+
+
+def _count(x: Tensor, axes: tuple[int, ...], weights: Tensor | None) -> Tensor:
+    """The count per statistic, broadcast to the statistics' shape (keepdims)."""
+    if weights is not None:
+        return reduce_sum(weights, axes)
+    stats_shape = [1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))]
+    return ops.broadcast_to(_element_count(x, axes, x.dtype), stats_shape)
+
+
+def _shift(x: Tensor, axes: tuple[int, ...], weights: Tensor | None) -> Tensor:
+    """A value of x per statistic (keepdims), no gradient: the first position over `axes`, or with weights
+    the first one (in the order of the axes) whose weight is positive."""
+    x = ops.stop_gradient(x)
+    if any(x.shape[a] == 0 for a in axes):
+        return ops.zeros([1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))], x.dtype)
+    if weights is None:
+        return x[tuple(slice(0, 1) if i in axes else slice(None) for i in range(len(x.shape)))]
+    positive = ops.cast(weights > 0, "int32")
+    for a in axes:
+        # Along axis a, the first index at which any position (over the axes not yet narrowed) is unmasked.
+        others = tuple(b for b in axes if b != a and positive.shape[b] != 1)
+        any_positive = ops.max(positive, axis=others, keepdims=True) if others else positive
+        index = ops.argmax(any_positive, axis=a, keepdims=True)
+        x = _take(x, index, a)
+        positive = _take(positive, index, a)
+    return x
+
+
+def _take(t: Tensor, index: Tensor, axis: int) -> Tensor:
+    """t at `index` (size 1 on `axis`, broadcastable to t elsewhere) along `axis`."""
+    shape = [ops.shape(t)[i] if i != axis else 1 for i in range(len(t.shape))]
+    return ops.take_along_axis(t, ops.broadcast_to(index, shape), axis=axis)
+
+
 def moments(
     x: Tensor,
     axes: Sequence[int],
@@ -103,58 +262,17 @@ def moments(
     mask: Tensor | None = None,
     keepdims: bool = True,
 ) -> Moments:
-    """Mean and biased variance of `x` over `axes`, two-pass, in the statistics dtype.
+    """Mean and biased variance of `x` over `axes` (`compute_statistics`), in the statistics dtype.
 
-    `mask`, if given, broadcasts against `x`; positions where it is 0 are left out of both statistics.
-    A reduction over zero elements gives NaN (callers that must survive it check the count).
+    `mask`, if given, broadcasts against `x`; positions where it is 0 are left out of both statistics. A
+    statistic over no value is 0 (mean and variance).
     """
-    x = to_statistics_dtype(x)
     axes = tuple(axes)
-    if mask is None:
-        mean = _mean(x, axes)
-        variance = _mean(ops.square(x - mean), axes)
-    else:
-        weights = _weights(mask, x)
-        count = reduce_sum(weights, axes)
-        mean = reduce_sum(x * weights, axes) / count
-        variance = reduce_sum(ops.square(x - mean) * weights, axes) / count
+    mean, variance = compute_statistics(x, axes, mask=mask).moments_of_x()
     if not keepdims:
         mean = ops.squeeze(mean, axis=axes)
         variance = ops.squeeze(variance, axis=axes)
     return Moments(mean, variance)
-
-
-def shift_estimate(x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None) -> Tensor:
-    """A constant (no gradient) near the mean of x over `axes` (keepdims, statistics dtype): the one-pass mean.
-
-    Statistics and the normalization itself are computed on `x - shift`, which is exact in floating point
-    where it matters (values near their mean: Sterbenz), so that a large common offset (mean 1e4, std 1 in
-    float32) costs no digits: a float32 mean near 1e4 alone is 0.5-1 ulp (5e-4 to 1e-3) off, which is that
-    many standard deviations.
-    """
-    x = to_statistics_dtype(x)
-    axes = tuple(axes)
-    if mask is None:
-        return ops.stop_gradient(_mean(x, axes))
-    weights = _weights(mask, x)
-    count = ops.maximum(reduce_sum(weights, axes), 1.0)
-    return ops.stop_gradient(reduce_sum(x * weights, axes) / count)
-
-
-def centered_moments(x: Tensor, axes: Sequence[int], *, mask: Tensor | None = None) -> tuple[Tensor, Moments, Tensor]:
-    """(x - shift, the moments of x - shift, shift), with `shift = shift_estimate(x)`, in the statistics dtype.
-
-    Normalizing the centered values with these moments loses nothing to a large common offset; the moments of
-    x itself are (mean + shift, variance).
-    """
-    shift = shift_estimate(x, axes, mask=mask)
-    centered = to_statistics_dtype(x) - shift
-    return centered, moments(centered, axes, mask=mask), shift
-
-
-def _mean(x: Tensor, axes: tuple[int, ...]) -> Tensor:
-    """Mean over `axes` (keepdims) as sum / count: Keras 3.15's torch `ops.mean` reduces float64 in float32."""
-    return reduce_sum(x, axes) / _element_count(x, axes, x.dtype)
 
 
 def _element_count(x: Tensor, axes: Sequence[int], dtype: str) -> Tensor:
@@ -221,7 +339,7 @@ def reduction_count(
         stats_shape = [1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))]
         count = ops.broadcast_to(count, stats_shape)
         return count if keepdims else ops.squeeze(count, axis=axes)
-    # The same weights `moments` uses, so that the count matches the statistics it goes with.
+    # The same weights `compute_statistics` uses, so that the count matches the statistics it goes with.
     return reduce_sum(_weights(mask, x, dtype), axes, keepdims=keepdims)
 
 

@@ -96,6 +96,15 @@ class AffineNormalization(keras.layers.Layer):
                 autocast=False,
             )
 
+    def _to_compute_dtype(self, inputs: Any) -> Any:
+        """A floating input in the compute dtype, as `__call__`'s autocast gives it: `call` and
+        `stateless_call` bypass that autocast, and a float16 input under the float32 policy would otherwise be
+        normalized and returned in float16. Other dtypes pass through unchanged."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if dtype != self.compute_dtype and "float" in dtype:
+            return keras.ops.cast(inputs, self.compute_dtype)
+        return inputs
+
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return tuple(input_shape)
 

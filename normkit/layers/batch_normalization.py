@@ -21,7 +21,7 @@ from normkit.core.normalize import (
     normalize_with_given_statistics,
     param_broadcast_shape,
 )
-from normkit.core.statistics import centered_moments, reduction_count
+from normkit.core.statistics import compute_statistics, reduction_count
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
 
 Tensor = Any
@@ -290,6 +290,7 @@ class BatchNormalization(AffineNormalization):
     # ------------------------------------------------------------------------------------------------ call
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
+        inputs = self._to_compute_dtype(inputs)
         reduction = self._reduction
         if not (training and self.trainable):
             # Inference ignores virtual_batch_size, adjustment and renorm: any batch size works.
@@ -314,7 +315,8 @@ class BatchNormalization(AffineNormalization):
         return outputs
 
     def _train_general(self, inputs: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """Training with ghost batches, renorm and/or adjustment: statistics, then one composed affine."""
+        """Training with ghost batches, renorm and/or adjustment: the core's two halves (`compute_statistics`
+        and `normalize`) with one composed scale and offset."""
         reduction = self._reduction
         x, axes, bshape = inputs, reduction.reduction_axes, param_broadcast_shape(inputs.shape, reduction)
         if self.virtual_batch_size is not None:
@@ -323,21 +325,23 @@ class BatchNormalization(AffineNormalization):
             # non-feature axes; axis 1 (which ghost batch) is kept.
             axes = (0, *(a + 1 for a in reduction.reduction_axes if a != 0))
             bshape = [1, *bshape]
-        count = None if mask is None else reduction_count(x, axes, mask=mask)
-        # Normalize x - shift with its own moments, as the core does (a large common offset costs no digits);
-        # the batch statistics for renorm and the moving averages are the moments of x itself.
-        x, stats, shift = centered_moments(x, axes, mask=mask)
-        mean, variance = stats.mean, stats.variance
+        stats = compute_statistics(x, axes, mask=mask)
+        batch_mean, batch_variance = stats.moments_of_x()
+        count = None if mask is None else stats.count
         if self.virtual_batch_size is not None:
-            # One update per call, toward the averages over ghost batches (tf.keras 2), not a sequence of them.
-            batch_mean = ops.mean(mean + shift, axis=1, keepdims=True)
-            batch_variance = ops.mean(variance, axis=1, keepdims=True)
-            if count is not None:
+            # One update per call, toward the averages over ghost batches (tf.keras 2), not a sequence of them;
+            # with a mask, over the ghost batches that hold a value of the feature.
+            if mask is None:
+                batch_mean = ops.mean(batch_mean, axis=1, keepdims=True)
+                batch_variance = ops.mean(batch_variance, axis=1, keepdims=True)
+            else:
+                present = ops.cast(stats.count > 0, batch_mean.dtype)
+                ghosts = ops.maximum(ops.sum(present, axis=1, keepdims=True), 1.0)
+                batch_mean = ops.sum(batch_mean * present, axis=1, keepdims=True) / ghosts
+                batch_variance = ops.sum(batch_variance * present, axis=1, keepdims=True) / ghosts
                 count = ops.sum(count, axis=1, keepdims=True)
-        else:
-            batch_mean, batch_variance = mean + shift, variance
 
-        dtype = mean.dtype
+        dtype = batch_mean.dtype
         scale = ops.ones((), dtype) if self.gamma is None else ops.reshape(ops.cast(self.gamma, dtype), bshape)
         offset = ops.zeros((), dtype) if self.beta is None else ops.reshape(ops.cast(self.beta, dtype), bshape)
         # y = gamma * (a_s * (r * xhat + d) + a_b) + beta, composed into one scale and offset (tf.keras 2's order).
@@ -349,8 +353,16 @@ class BatchNormalization(AffineNormalization):
             adj_scale, adj_bias = self.adjustment(_input_shape(inputs))
             adj_scale, adj_bias = ops.cast(adj_scale, dtype), ops.cast(adj_bias, dtype)
             inner_scale, inner_offset = adj_scale * inner_scale, adj_scale * inner_offset + adj_bias
-        y = normalize(x, mean, variance, scale * inner_scale, scale * inner_offset + offset, self.epsilon)
-        y = ops.cast(y, inputs.dtype)  # x is the centered copy in the statistics dtype
+        y = normalize(
+            x,
+            stats.mean,
+            stats.variance,
+            scale * inner_scale,
+            scale * inner_offset + offset,
+            self.epsilon,
+            shift=stats.shift,
+            count=None if mask is None else stats.count,
+        )
         if self.virtual_batch_size is not None:
             y = ops.reshape(y, ops.shape(inputs))
         return y, batch_mean, batch_variance, count

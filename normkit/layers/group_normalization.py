@@ -85,6 +85,7 @@ class GroupNormalization(AffineNormalization):
         self.input_spec = None
 
     def call(self, inputs: Any) -> Any:
+        inputs = self._to_compute_dtype(inputs)
         return normalize_with_batch_statistics(inputs, self._reduction, self.gamma, self.beta, self.epsilon)
 
     def get_config(self) -> dict[str, Any]:

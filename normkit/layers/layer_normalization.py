@@ -68,4 +68,5 @@ class LayerNormalization(AffineNormalization):
         self._build_affine(tuple(int(input_shape[a]) for a in self._reduction.param_axes))
 
     def call(self, inputs: Any) -> Any:
+        inputs = self._to_compute_dtype(inputs)
         return normalize_with_batch_statistics(inputs, self._reduction, self.gamma, self.beta, self.epsilon)

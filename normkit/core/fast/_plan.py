@@ -36,11 +36,6 @@ class Plan:
     kind: str
 
     @property
-    def kept(self) -> tuple[int, ...]:
-        """Axes statistics keep (the statistics' shape is shape with 1 on reduced axes)."""
-        return tuple(a for a in range(len(self.shape)) if a not in self.reduced)
-
-    @property
     def non_param(self) -> tuple[int, ...]:
         """Axes dgamma/dbeta are summed over."""
         return tuple(a for a in range(len(self.shape)) if a not in self.param)

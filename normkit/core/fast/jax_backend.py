@@ -3,11 +3,11 @@
 Forward: statistics in float32 (for 16-bit data too) from one sum and one sum of squares per channel over
 the reduced axes; per-group statistics are then formed on those small per-channel sums, and the
 normalization is one fused element-wise pass over x. The sums are numerically shifted so that a
-mean-1e4/std-1 input keeps its variance: on the CPU (float32/float64 input, column reductions: batch, group
-and instance norm) the plain sums come first and only a group whose |mean| is above half its spread makes
-the kernel redo them on x minus that mean (a `lax.cond`: XLA's CPU column reductions of x run at memory
-speed, of a broadcast x - shift at a third of it); otherwise (layer norm, other devices, 16-bit inputs) the
-sums are always taken on x minus one sample of each group.
+mean-1e4/std-1 input keeps its variance, as the "jax" rows of `normkit.core.fast.GUARDS` say: on the CPU
+(float32/float64 input, column reductions: batch, group and instance norm) the plain sums come first and only
+a group whose |mean| is above half its spread makes the kernel redo them on x minus that mean (a `lax.cond`:
+XLA's CPU column reductions of x run at memory speed, of a broadcast x - shift at a third of it); otherwise
+(layer norm, other devices, 16-bit inputs) the sums are always taken on x minus one value of x per group.
 
 All element-wise work runs on the "flat" view (e.g. [N, H*W, C] for NHWC group normalization): XLA's CPU
 code is ten times slower on a grouped [N, H*W, G, C/G] view with a small last axis, which is what makes the
@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 from keras import ops
 
-from normkit.core.fast import register
+from normkit.core.fast import guard, plain_variant, register
 from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan
 from normkit.core.normalize import Reduction
@@ -40,17 +40,17 @@ from normkit.core.statistics import Moments
 _FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
-# Largest |mean| / sqrt(var + eps) for which the unshifted one-pass moments are used (CPU); their relative
-# variance error is about (1 + 3 c^2) times the float32 summation error, the shifted pass's own at c <= 0.5.
-_UNSHIFTED_LIMIT = 0.5
 _TINY = 1e-30
 
 
-def _optimistic() -> bool:
-    """Whether the unshifted-first moments may apply: on the CPU backend (a GPU conditional would sync). They
-    also need a float32/float64 input (XLA materializes the float32 copy of a 16-bit input for the plain sums)
-    and a column reduction (see `_kernel`)."""
-    return jax.default_backend() == "cpu"
+def _plain_sums_first(fp: FlatPlan, input_dtype: Any) -> bool:
+    """Whether the kernel takes plain sums first (rows "columns_cpu" of `GUARDS`): on the CPU backend (a GPU
+    conditional would sync), for a float32/float64 input (XLA materializes the float32 copy of a 16-bit input
+    for the plain sums) and a column reduction: the last, contiguous axis kept (batch, group and instance
+    norm). XLA's CPU row reductions (layer norm) are faster on the shifted data than as plain sums plus a
+    conditional (measured on [100352, 64] rows: 7 ms vs 24 ms)."""
+    columns = len(fp.plan.shape) - 1 not in fp.plan.reduced
+    return jax.default_backend() == "cpu" and input_dtype in (jnp.float32, jnp.float64) and columns
 
 
 def _stat_dtype(dtype: Any) -> Any:
@@ -104,16 +104,15 @@ class _Groups:
 
 
 @lru_cache(maxsize=256)
-def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> Any:
-    """custom_vjp function (x, gamma, beta) -> (y, mean, variance) on the flat view (statistics per channel)."""
+def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool, unshifted_limit: float | None) -> Any:
+    """custom_vjp function (x, gamma, beta) -> (y, mean, variance) on the flat view (statistics per channel).
+
+    unshifted_limit: the `GUARDS` limit on c below which the plain sums are kept, or None to always shift by
+    one value of x per statistic."""
     plan = fp.plan
     count = fp.count
     red = plan.reduced
     groups = _Groups(fp)
-    # Plain sums first only for column reductions (the last, contiguous axis kept: batch, group and instance
-    # norm); XLA's CPU row reductions (layer norm) are faster on the shifted data than as plain sums plus a
-    # conditional (measured on [100352, 64] rows: 7 ms vs 24 ms).
-    columns_only = len(plan.shape) - 1 not in red
 
     def shifted_moments(xs: jax.Array, shift: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         """(shift, mean of xs - shift, variance): one pass over xs - shift."""
@@ -122,8 +121,8 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         m = groups.sum(_sum(d, red)) / count
         return shift, m, jnp.maximum(groups.sum(_sum(d * d, red)) / count - m * m, 0.0)
 
-    def moments(xs: jax.Array, input_dtype: Any) -> tuple[jax.Array, jax.Array, jax.Array]:
-        if not (_optimistic() and input_dtype in (jnp.float32, jnp.float64) and columns_only):
+    def moments(xs: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        if unshifted_limit is None:
             first = tuple(slice(0, 1) if a in red else slice(None) for a in range(xs.ndim))
             return shifted_moments(xs, groups.first(xs[first]))
         # XLA's CPU code reduces x and x * x at memory speed but materializes a broadcast x - shift first
@@ -131,7 +130,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
         # against the spread (where E[x^2] - E[x]^2 would lose digits) redo them on x shifted by that mean.
         m0 = groups.sum(_sum(xs, red)) / count
         v0 = jnp.maximum(groups.sum(_sum(xs * xs, red)) / count - m0 * m0, 0.0)
-        well_conditioned = jnp.max(m0 * m0 / (v0 + epsilon + _TINY)) <= _UNSHIFTED_LIMIT**2
+        well_conditioned = jnp.max(m0 * m0 / (v0 + epsilon + _TINY)) <= unshifted_limit**2
         return jax.lax.cond(
             well_conditioned, lambda: (jnp.zeros_like(m0), m0, v0), lambda: shifted_moments(xs, m0)
         )
@@ -139,7 +138,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
     def forward(x: jax.Array, gamma: jax.Array, beta: jax.Array) -> tuple[Any, Any]:
         sdt = _stat_dtype(x.dtype)
         xs = x.astype(sdt)
-        shift, m, variance = moments(xs, x.dtype)
+        shift, m, variance = moments(xs)
         d = xs - shift
         rstd = jax.lax.rsqrt(variance + epsilon)
         scale = rstd * gamma.astype(sdt) if has_gamma else rstd
@@ -174,7 +173,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
     return kernel
 
 
-def _run(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
+def _run(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float, family: str) -> Any:
     x = jnp.asarray(x)
     if jnp.dtype(x.dtype).name not in _FLOATS or x.ndim != reduction.rank or x.size == 0:
         return NotImplemented
@@ -186,25 +185,40 @@ def _run(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) ->
     has_gamma, has_beta = gamma is not None, beta is not None
     g = jnp.reshape(ops.convert_to_tensor(gamma), plan.param_shape) if has_gamma else jnp.ones(plan.param_shape, sdt)
     b = jnp.reshape(ops.convert_to_tensor(beta), plan.param_shape) if has_beta else jnp.zeros(plan.param_shape, sdt)
-    y, mean, variance = _kernel(fp, float(epsilon), has_gamma, has_beta)(jnp.reshape(x, plan.shape), g, b)
-    return jnp.reshape(y, x.shape), fp, mean, variance
+    limit = guard("jax", family, "columns_cpu").limit if family != "layer" and _plain_sums_first(fp, x.dtype) else None
+    kernel = _kernel(fp, float(epsilon), has_gamma, has_beta, limit)
+    y, mean, variance = kernel(jnp.reshape(x, plan.shape), g, b)
+    return jnp.reshape(y, x.shape), mean, variance
 
 
-@register("jax", "normalize_with_batch_statistics")
-def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
-    result = _run(x, reduction, gamma, beta, epsilon)
-    return result if result is NotImplemented else result[0]
+def _family_fast_path(family: str) -> Any:
+    def fast_path(
+        x: Any,
+        reduction: Reduction,
+        gamma: Any,
+        beta: Any,
+        epsilon: Any,
+        *,
+        return_statistics: bool = False,
+        **variants: Any,
+    ) -> Any:
+        if not plain_variant(epsilon, **variants):
+            return NotImplemented
+        if return_statistics and family == "group":
+            return NotImplemented  # statistics in the grouped view: only batch normalization asks for them
+        result = _run(x, reduction, gamma, beta, epsilon, family)
+        if result is NotImplemented or not return_statistics:
+            return result if result is NotImplemented else result[0]
+        y, mean, variance = result
+        keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(y.shape)]
+        return y, Moments(jnp.reshape(mean, keep), jnp.reshape(variance, keep))
+
+    fast_path.__name__ = f"{family}_norm"
+    fast_path.__doc__ = f"The {family} family's fast path (see `normkit.core.fast`)."
+    return fast_path
 
 
-@register("jax", "normalize_with_batch_statistics_and_moments")
-def normalize_with_batch_statistics_and_moments(
-    x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float
-) -> Any:
-    if reduction.group_axis is not None:
-        return NotImplemented  # statistics in the grouped view: only batch normalization asks for them
-    result = _run(x, reduction, gamma, beta, epsilon)
-    if result is NotImplemented:
-        return NotImplemented
-    y, _, mean, variance = result
-    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
-    return y, Moments(jnp.reshape(mean, keep), jnp.reshape(variance, keep))
+# One kernel serves the three families; each is registered as its own function with the family signature.
+group_norm = register("jax", "group")(_family_fast_path("group"))
+layer_norm = register("jax", "layer")(_family_fast_path("layer"))
+batch_norm = register("jax", "batch")(_family_fast_path("batch"))

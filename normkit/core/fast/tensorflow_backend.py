@@ -1,9 +1,10 @@
 """TensorFlow fast paths.
 
 - batch normalization in training, channels-last (any rank, seen as [M, 1, 1, C]): `FusedBatchNormV3`,
-  the kernel tf.keras 2 used, guarded for large offsets and used only up to _FUSED_MAX_ROWS rows
-  (`_guarded_fused_batch_norm`). Its batch_variance output is Bessel-corrected (n / (n - 1)); it is
-  converted back to the biased variance the layer's moving average and the spec need.
+  the kernel tf.keras 2 used, guarded for large offsets and used only up to a row cap (the
+  ("tensorflow", "batch", "channels_last") row of `normkit.core.fast.GUARDS`; `_guarded_fused_batch_norm`).
+  Its batch_variance output is Bessel-corrected (n / (n - 1)); it is converted back to the biased variance
+  the layer's moving average needs.
 - group/instance/layer normalization: a `tf.custom_gradient` kernel on the flat view (channels one
   contiguous axis): single-pass statistics in float32 (for 16-bit data too), so that a mean-1e4 input keeps
   its variance taken on shifted data: group/instance norm take them on x itself where the mean is small
@@ -21,17 +22,13 @@ from typing import Any
 import tensorflow as tf
 from keras import ops
 
-from normkit.core.fast import register
+from normkit.core.fast import guard, plain_variant, register
 from normkit.core.fast._backward import backward as shared_backward
 from normkit.core.fast._plan import FlatPlan, make_flat_plan, make_plan
 from normkit.core.normalize import Reduction, batch_reduction, normalize
-from normkit.core.statistics import Moments, centered_moments, reduce_sum
+from normkit.core.statistics import Moments, compute_statistics, reduce_sum
 
 _FLOATS = (tf.float16, tf.bfloat16, tf.float32, tf.float64)
-
-
-# Largest |mean| / sqrt(var + eps) for which the unshifted one-pass moments are used (as in the JAX kernel).
-_UNSHIFTED_LIMIT = 0.5
 
 
 def _stat_dtype(dtype: tf.DType) -> tf.DType:
@@ -70,7 +67,9 @@ class _Groups:
 
 
 @lru_cache(maxsize=256)
-def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> Any:
+def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool, unshifted_limit: float) -> Any:
+    """The custom-gradient kernel; `unshifted_limit` is the "group" row's limit of `GUARDS` (layer norm,
+    whose parameters span the reduced axes, always shifts)."""
     plan = fp.plan
     count = float(fp.count)
     red = plan.reduced
@@ -100,7 +99,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
             # them on x shifted by that mean (tf.cond runs one branch, in graphs and eagerly alike).
             m0 = groups.sum(_sum(xs, red)) / count
             v0 = tf.maximum(groups.sum(_sum(tf.square(xs), red)) / count - m0 * m0, 0.0)
-            well_conditioned = tf.reduce_max(m0 * m0 / (v0 + (epsilon + 1e-30))) <= _UNSHIFTED_LIMIT**2
+            well_conditioned = tf.reduce_max(m0 * m0 / (v0 + (epsilon + 1e-30))) <= unshifted_limit**2
             shift, m, variance = tf.cond(
                 well_conditioned, lambda: (tf.zeros_like(m0), m0, v0), lambda: shifted_moments(tf.stop_gradient(m0))
             )
@@ -141,14 +140,7 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool) -> An
     return kernel
 
 
-@register("tensorflow", "normalize_with_batch_statistics")
-def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
-    x = tf.convert_to_tensor(x)
-    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank:
-        return NotImplemented
-    if reduction.group_axis is None and reduction.param_axes != reduction.reduction_axes:
-        result = _fused_batch_norm(x, reduction, gamma, beta, epsilon)
-        return result if result is NotImplemented else result[0]
+def _custom_gradient_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
     fp = make_flat_plan(tuple(x.shape), reduction)
     if not fp.count:
         return NotImplemented
@@ -158,8 +150,71 @@ def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, be
     g = tf.reshape(ops.convert_to_tensor(gamma), shape) if gamma is not None else tf.ones(shape, sdt)
     b = tf.reshape(ops.convert_to_tensor(beta), shape) if beta is not None else tf.zeros(shape, sdt)
     view = tf.reshape(x, _flat_shape(x, fp))
-    y = _kernel(fp, float(epsilon), gamma is not None, beta is not None)(view, g, b)
+    limit = float(guard("tensorflow", "group", "any").limit)
+    y = _kernel(fp, float(epsilon), gamma is not None, beta is not None, limit)(view, g, b)
     return tf.reshape(y, tf.shape(x))
+
+
+@register("tensorflow", "group")
+def group_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Group/instance normalization: the custom-gradient kernel (row ("tensorflow", "group", "any"))."""
+    x = tf.convert_to_tensor(x)
+    if not plain_variant(epsilon, **variants) or return_statistics:
+        return NotImplemented
+    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank:
+        return NotImplemented
+    return _custom_gradient_norm(x, reduction, gamma, beta, epsilon)
+
+
+@register("tensorflow", "layer")
+def layer_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Layer normalization: the custom-gradient kernel (row ("tensorflow", "layer", "any"))."""
+    return group_norm(x, reduction, gamma, beta, epsilon, return_statistics=return_statistics, **variants)
+
+
+@register("tensorflow", "batch")
+def batch_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Batch normalization in training: FusedBatchNormV3 (row ("tensorflow", "batch", "channels_last"))."""
+    x = tf.convert_to_tensor(x)
+    if not plain_variant(epsilon, **variants):
+        return NotImplemented
+    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank:
+        return NotImplemented
+    if x.shape[0] is not None and x.shape[0] == 0:
+        return NotImplemented
+    result = _fused_batch_norm(x, reduction, gamma, beta, epsilon)
+    if result is NotImplemented or not return_statistics:
+        return result if result is NotImplemented else result[0]
+    y, mean, variance = result
+    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
+    return y, Moments(tf.reshape(mean, keep), tf.reshape(variance, keep))
 
 
 def _flat_shape(x: tf.Tensor, fp: FlatPlan) -> list[Any]:
@@ -183,18 +238,20 @@ def _fused_view(x: tf.Tensor, reduction: Reduction) -> tf.Tensor | None:
     return tf.reshape(x, [-1, 1, 1, int(plan.shape[-1])])
 
 
-# FusedBatchNormV3's CPU kernel adds each channel's values one after another: its output error grows with
-# the rows (5e-5 at 131072, 4e-4 at 524288, 3e-3 at 2M for zero-mean data; at 2M and mean 1e4 its mean is
-# off by ~1e-2 relative and no check of its own statistics can tell). Above this many rows the portable path
-# runs (static shapes) or, for a dynamic batch, a two-pass branch of the guarded kernel (`_accurate_branch`).
-_FUSED_MAX_ROWS = 1 << 17
+def _fused_max_rows() -> int:
+    """The row cap of FusedBatchNormV3 (`GUARDS`): its CPU kernel adds each channel's values one after
+    another, so its output error grows with the rows (5e-5 at 131072, 4e-4 at 524288, 3e-3 at 2M for
+    zero-mean data; at 2M and mean 1e4 its mean is off by ~1e-2 relative and no check of its own statistics
+    can tell). Above it the portable path runs (static shapes) or, for a dynamic batch, a two-pass branch of
+    the guarded kernel (`_accurate_branch`)."""
+    return int(guard("tensorflow", "batch", "channels_last").max_count)
 
 
 def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
     view = _fused_view(x, reduction)
     if view is None or x.dtype == tf.float64:
         return NotImplemented
-    if view.shape[0] is not None and view.shape[0] > _FUSED_MAX_ROWS:
+    if view.shape[0] is not None and view.shape[0] > _fused_max_rows():
         return NotImplemented
     channels = int(view.shape[-1])
     scale = tf.cast(ops.convert_to_tensor(gamma), tf.float32) if gamma is not None else tf.ones([channels])
@@ -211,11 +268,6 @@ def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any,
     # batch_variance is the unbiased one; the layer and the spec want the biased variance.
     variance = variance * tf.maximum(count - 1.0, 0.0) / count
     return tf.reshape(y, tf.shape(x)), mean, variance
-
-
-# The CPU kernel accumulates its float32 mean naively: the output error is ~5e-6 * c for c = |mean| / std
-# (4.7e-2 at mean 1e4 over 1e5 rows); up to c = 2 it is within float32 rounding of the two-pass result.
-_BATCH_LIMIT = 2.0
 
 
 def _fused_kernel(v: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float) -> list[tf.Tensor]:
@@ -235,14 +287,15 @@ _ROWS_PLAN = make_plan((None, 1), batch_reduction(2, (1,)))
 
 def _accurate_branch(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsilon: float) -> list[tf.Tensor]:
     """What `_fused_kernel`'s callers get, [x used, y, mean, unbiased variance, 3 reserve spaces], from the
-    portable core's shifted two-pass statistics (`centered_moments`, summed by `reduce_sum`: accurate for
+    portable core's shifted two-pass statistics (`compute_statistics`, summed by `reduce_sum`: accurate for
     any row count). Its reserve spaces are the mean and biased variance of the x used, for `_accurate_grad`."""
-    used, stats, shift = centered_moments(view, _ROWS)
+    stats = compute_statistics(view, _ROWS)
+    used = view - stats.shift
     y = normalize(used, stats.mean, stats.variance, scale, offset, epsilon)
     rows = tf.cast(tf.shape(view)[0], view.dtype)
     mean, variance = tf.reshape(stats.mean, [-1]), tf.reshape(stats.variance, [-1])
     unbiased = variance * rows / tf.maximum(rows - 1.0, 1.0)
-    return [used, y, mean + tf.reshape(shift, [-1]), unbiased, mean, variance, tf.zeros([0], view.dtype)]
+    return [used, y, mean + tf.reshape(stats.shift, [-1]), unbiased, mean, variance, tf.zeros([0], view.dtype)]
 
 
 def _accurate_grad(
@@ -263,20 +316,24 @@ def _accurate_grad(
 def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any:
     """(y, mean, unbiased variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 data, accurate for any offset.
 
-    The kernel runs on x as it is; only where its own statistics say it saw c = |mean| / std > _BATCH_LIMIT
-    (activations rarely do: ReLU outputs have c ~ 1.3) does it run again on x shifted by that mean, chosen by a
-    tf.cond. The gradient is FusedBatchNormGradV3 on whichever data the kernel normalized (batch normalization
-    is invariant to the shift): written by hand so that tf.cond's own gradient, which would make the unshifted
-    branch output zeros the size of x for the other branch's intermediates, is never built. The statistics are
-    for the moving averages: no gradient flows back through them (as with tf.keras 2's fused layer).
+    The kernel runs on x as it is; only where its own statistics say it saw c = |mean| / std above the limit
+    (activations rarely do: ReLU outputs have c ~ 1.3; the limit is the `GUARDS` row's) does it run again on x
+    shifted by that mean, chosen by a tf.cond. The gradient is FusedBatchNormGradV3 on whichever data the
+    kernel normalized (batch normalization is invariant to the shift): written by hand so that tf.cond's own
+    gradient, which would make the unshifted branch output zeros the size of x for the other branch's
+    intermediates, is never built. The statistics are for the moving averages: no gradient flows back through
+    them (as with tf.keras 2's fused layer).
 
-    With `dynamic_rows` (a batch size unknown when tracing) a first tf.cond sends more than _FUSED_MAX_ROWS
-    rows to `_accurate_branch` instead, and the gradient follows the branch taken."""
+    With `dynamic_rows` (a batch size unknown when tracing) a first tf.cond sends more rows than the cap to
+    `_accurate_branch` instead, and the gradient follows the branch taken."""
+
+    max_rows = _fused_max_rows()
+    limit = guard("tensorflow", "batch", "channels_last").limit
 
     @tf.custom_gradient
     def guarded(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> Any:
         if dynamic_rows:
-            many_rows = tf.shape(view)[0] > _FUSED_MAX_ROWS
+            many_rows = tf.shape(view)[0] > max_rows
             used, y, mean, variance, *reserve = tf.cond(
                 many_rows, lambda: _accurate_branch(view, scale, offset, epsilon), lambda: fused(view, scale, offset)
             )
@@ -314,7 +371,7 @@ def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any
         first = _fused_kernel(view, scale, offset, epsilon)
         mean, variance = first[1], first[2]
         # NaN (NaN data, or a sum of squares overflowing float32) counts as ill-conditioned.
-        well_conditioned = tf.reduce_all(tf.abs(mean) * tf.math.rsqrt(variance + epsilon) <= _BATCH_LIMIT)
+        well_conditioned = tf.reduce_all(tf.abs(mean) * tf.math.rsqrt(variance + epsilon) <= limit)
 
         def reshift() -> list[tf.Tensor]:
             shift = tf.stop_gradient(mean)
@@ -325,25 +382,3 @@ def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any
         return tf.cond(well_conditioned, lambda: [view, *first], reshift)
 
     return guarded
-
-
-@register("tensorflow", "normalize_with_batch_statistics_and_moments")
-def normalize_with_batch_statistics_and_moments(
-    x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float
-) -> Any:
-    x = tf.convert_to_tensor(x)
-    if x.dtype not in _FLOATS or x.shape.rank != reduction.rank or reduction.group_axis is not None:
-        return NotImplemented
-    if x.shape[0] is not None and x.shape[0] == 0:
-        return NotImplemented
-    result = _fused_batch_norm(x, reduction, gamma, beta, epsilon)
-    if result is NotImplemented:
-        return NotImplemented
-    y, mean, variance = result
-    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
-    return y, Moments(tf.reshape(mean, keep), tf.reshape(variance, keep))
-
-
-# No "normalize_with_given_statistics" (inference) fast path: the native inference kernels compute
-# x * a + (beta - mean * a), which loses the digits of a large common offset (mean 1e4) that the portable
-# (x - mean) * a + beta keeps.

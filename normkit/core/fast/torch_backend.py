@@ -1,12 +1,15 @@
 """PyTorch fast paths: the native fused kernels where their semantics match normkit's, guarded for numerics.
 
+One function per family (`group_norm`, `layer_norm`, `batch_norm`); the limits, caps and shift strategies
+are the "torch" rows of `normkit.core.fast.GUARDS`.
+
 - group normalization (Group/Instance layers), biased variance with epsilon inside the square root, per
   (sample, group) over the group's channels and every other non-batch axis (the TFA semantics):
   - channels first: `F.group_norm` on x shifted by one sample per group;
   - channels last (NHWC) on the CPU: torch's channels-last kernel on the same memory (no transpose), under a
     guard (below), and an analytic NHWC backward (`_GroupNormChannelsLast`) that saves only the shifted x and
     the per-group statistics. torch's own channels-last backward is 3-6x slower than the forward;
-  - channels last elsewhere (CUDA, torch.compile, 16-bit): one transpose+shift pass to NCHW, `F.group_norm`.
+  - channels last elsewhere (CUDA, torch.compile): one transpose+shift pass to NCHW, `F.group_norm`.
 - layer normalization over trailing axes: `F.layer_norm`.
 - batch normalization (training) on a channels-last [M, C] or channels-first [N, C, S] view: `F.batch_norm`.
   Its batch statistics are read back through a throw-away running-statistics pair with momentum 1
@@ -27,8 +30,10 @@ non-CPU devices group and layer norm shift by one sample unconditionally; batch 
 (not measured on a GPU: none was available).
 
 All of them save only x (or its shifted copy), the per-group mean and 1/std for backward. 16-bit inputs go
-in as they are with float32 gamma/beta: torch's "mixed type" kernels accumulate the statistics in float32 and
-save only the 16-bit x (a float32 copy would double the bytes kept for backward); other dtypes fall back.
+in as they are with float32 gamma/beta on the CPU: torch's "mixed type" kernels accumulate the statistics in
+float32 and save only the 16-bit x (a float32 copy would double the bytes kept for backward); where the
+kernel's own c says its mean was not exact enough (a large common offset) and off the CPU, the float32 path
+runs on x converted to float32 (`_sixteen_bit`). Other dtypes fall back.
 Layouts and reductions the kernels do not cover fall back to the portable path.
 """
 
@@ -41,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from keras import ops
 
-from normkit.core.fast import register
+from normkit.core.fast import guard, plain_variant, register
 from normkit.core.fast._plan import Plan, make_plan
 from normkit.core.normalize import Reduction
 from normkit.core.statistics import Moments
@@ -88,22 +93,11 @@ def _plan(x: torch.Tensor, reduction: Reduction) -> Plan | None:
 
 # ------------------------------------------------------------------------------------------- the guard
 
-# Largest condition number c = |mean| * rstd (of the data the kernel sees) each CPU kernel is trusted with;
-# the output error at the limit is ~5e-6 (group norm, channels last), ~5e-6 (layer norm), ~1.5e-5 (batch
-# norm over 1e5 rows), the accuracy of the float32 kernels on centered data.
-_GROUP_LAST_LIMIT = 1.0
-_LAYER_LIMIT = 8.0
-_BATCH_LIMIT = 2.0
-# Below this sampled |mean| / std no shift pass is made before the kernel (the checked c stays well inside
-# the limits).
-_SHIFT_BELOW = 0.5
-# The channels-last group-norm and the batch-norm CPU kernels also accumulate in float32 over each statistic's
-# values: their output error grows with the count (~5e-5 at 131072, ~1.6e-4 at 524288 values, zero-mean
-# data). Statistics over more values than this take the two-pass paths (torch's own reductions are accurate).
-_KERNEL_MAX_COUNT = 1 << 18
-# Values per statistic in that sample: the sampled c's noise is ~1/sqrt(128) = 0.09, so even the largest of
-# thousands of statistics (instance norm) of zero-mean data stays below _SHIFT_BELOW.
-_SAMPLED_VALUES = 128
+# The limits, caps and sampling sizes are the "torch" rows of `GUARDS`. The limits on c are where each float32
+# kernel's output error on centered data stays at its own accuracy: ~5e-6 (group norm, channels last), ~5e-6
+# (layer norm), ~1.5e-5 (batch norm over 1e5 rows). The channels-last group-norm and the batch-norm CPU
+# kernels also accumulate in float32 over each statistic's values: their output error grows with the count
+# (~5e-5 at 131072, ~1.6e-4 at 524288 values, zero-mean data), hence their max_count.
 
 
 def _guarded(x: torch.Tensor) -> bool:
@@ -119,8 +113,9 @@ def _condition(mean: torch.Tensor, rstd: torch.Tensor) -> float:
 
 def _sample_step(size: int, values_per_slice: int) -> tuple[int, int]:
     """(step, slices): evenly spaced slices along an axis of `size` that give each statistic about
-    _SAMPLED_VALUES values when each slice adds `values_per_slice`."""
-    slices = min(size, -(-_SAMPLED_VALUES // max(1, values_per_slice)))
+    the `GUARDS` row's sampled_values when each slice adds `values_per_slice`."""
+    sampled = int(guard("torch", "group", "channels_last_cpu").sampled_values)
+    slices = min(size, -(-sampled // max(1, values_per_slice)))
     return size // slices, slices
 
 
@@ -132,7 +127,7 @@ def _sample_rows(nsc: torch.Tensor, values_per_slice: int) -> torch.Tensor:
 
 def _shift_from_sample(sample: torch.Tensor, groups: int) -> torch.Tensor | None:
     """The [N, G] group means of an [N, R, C] sample (C split into `groups` groups) as the shift, or None when
-    the sample says no shift is needed (c <= _SHIFT_BELOW). Sums over R per channel first, then within each
+    the sample says no shift is needed (c <= the row's pre_shift_limit). Sums over R per channel first, then within each
     group on those small sums: torch reduces a strided [N, R, G, K] view over (1, 3) ~8x slower.
 
     One-pass sums are enough for this decision: where they lose digits (c of 1e3 and more) c still comes out
@@ -145,7 +140,8 @@ def _shift_from_sample(sample: torch.Tensor, groups: int) -> torch.Tensor | None
     count = rows * (channels // groups)
     s1 = sample.sum(1).unflatten(-1, (groups, -1)).sum(-1)
     s2 = torch.mul(sample, sample).sum(1).unflatten(-1, (groups, -1)).sum(-1)
-    b2 = _SHIFT_BELOW * _SHIFT_BELOW
+    below = float(guard("torch", "group", "channels_last_cpu").pre_shift_limit)
+    b2 = below * below
     small = (torch.addcmul(s2, s1, s1, value=-(1 + b2) / (b2 * count)) >= 0).logical_and_(torch.isfinite(s2))
     return None if bool(small.all()) else s1 / count
 
@@ -173,9 +169,10 @@ def _channels_last_forward(nsc: torch.Tensor, w: Any, b: Any, groups: int, eps: 
     n, s, c = nsc.shape
     shift = _shift_from_sample(_sample_rows(nsc, c // groups), groups)
     xs = nsc if shift is None else nsc - _per_channel(shift, c)
-    for _attempt in range(2 if s * (c // groups) <= _KERNEL_MAX_COUNT else 0):
+    row = guard("torch", "group", "channels_last_cpu")
+    for _attempt in range(2 if s * (c // groups) <= row.max_count else 0):
         y, mean, rstd = _channels_last_kernel(xs, w, b, groups, eps)
-        if _condition(mean, rstd) <= _GROUP_LAST_LIMIT:
+        if _condition(mean, rstd) <= row.limit:
             return y, xs, mean, rstd
         # Shift again by the kernel's own mean: its error is far below the standard deviation.
         xs = xs - _per_channel(mean.to(xs.dtype), c)
@@ -249,17 +246,14 @@ def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: An
     Group normalization is invariant to a per-group shift, so the result and every gradient are unchanged
     (the shift is detached: its true gradient is zero). torch's float32 mean of values near 1e4 is off by
     ~1e-3 after normalization and a constant input does not give beta exactly; x - shift is exact
-    (Sterbenz) for nearby values, which makes both exact. 16-bit inputs are not shifted (the subtraction
-    would round in 16 bits; their statistics are accumulated in float32 by torch).
+    (Sterbenz) for nearby values, which makes both exact. x is float32 or float64 (16-bit inputs: see
+    `_sixteen_bit`).
     """
     groups = int(reduction.groups)
     n = x.shape[0]
-    shift_it = x.dtype in (torch.float32, torch.float64)
     if plan.kind == "group_first":
-        if shift_it:
-            xg = x.reshape(n, groups, -1)
-            x = (xg - xg[:, :, :1].detach()).reshape(x.shape)
-        return F.group_norm(x, groups, w, b, eps)
+        xg = x.reshape(n, groups, -1)
+        return F.group_norm((xg - xg[:, :, :1].detach()).reshape(x.shape), groups, w, b, eps)
     c = x.shape[-1]
     if _guarded(x):
         y = _GroupNormChannelsLast.apply(x.reshape(n, -1, c), w, b, groups, eps)
@@ -268,12 +262,9 @@ def _group_norm(x: torch.Tensor, plan: Plan, reduction: Reduction, w: Any, b: An
     # the variance as E[x^2] - E[x]^2, unusable without the guard's host check, and its backward is slower
     # than a transpose plus the contiguous kernel's. The result is an [N, ..., C] view.
     nsc = x.reshape(n, -1, c)
-    if shift_it:
-        # The first position's value of each group's first channel, for all of the group's channels.
-        first = nsc[:, 0, :].detach().reshape(n, groups, c // groups)[:, :, :1]
-        shift = first.expand(n, groups, c // groups).reshape(n, c, 1)
-    else:
-        shift = None
+    # The first position's value of each group's first channel, for all of the group's channels.
+    first = nsc[:, 0, :].detach().reshape(n, groups, c // groups)[:, :, :1]
+    shift = first.expand(n, groups, c // groups).reshape(n, c, 1)
     nchw = _TransposeShift.apply(nsc, shift)
     y = F.group_norm(nchw, groups, w, b, eps)
     return y.transpose(1, 2).reshape(x.shape)
@@ -303,59 +294,216 @@ def _batch_view(x: torch.Tensor, plan: Plan) -> torch.Tensor:
     return x.reshape(plan.shape[0], plan.shape[1], -1)
 
 
-@register("torch", "normalize_with_batch_statistics")
-def normalize_with_batch_statistics(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float) -> Any:
+def _prepare(x: Any, reduction: Reduction, gamma: Any, beta: Any, family: str) -> Any:
+    """(x, plan, w, b) for a layout the family's kernels take, or None."""
     x = _as_torch(x)
     dtype = _compute_dtype(x)
     plan = None if dtype is None else _plan(x, reduction)
-    if plan is None:
-        return NotImplemented
+    if plan is None or not plan.kind.startswith(family):
+        return None
     w, b = _param(gamma, dtype), _param(beta, dtype)
-    if plan.kind.startswith("group"):
-        y = _group_norm(x, plan, reduction, w, b, epsilon)
-    elif plan.kind == "layer_trailing":
-        shape = tuple(x.shape[reduction.reduction_axes[0] :])
-        w_, b_ = (None if w is None else w.reshape(shape)), (None if b is None else b.reshape(shape))
-        if _guarded(x):
-            # Optimistic: the kernel on x itself (it returns the statistics the guard needs).
-            y, mean, rstd = torch.native_layer_norm(x, shape, w_, b_, epsilon)
-            if _condition(mean, rstd) <= _LAYER_LIMIT:
-                return y
-        xc = x
-        if x.dtype in (torch.float32, torch.float64):
-            # Shift each row by its first element (exact; layer normalization is invariant to it): torch's
-            # float32 row mean near 1e4 is off by ~1e-3 after normalization otherwise.
-            rows = xc.reshape(-1, plan.shape[-1])
-            xc = (rows - rows[:, :1].detach()).reshape(x.shape)
-        y = F.layer_norm(xc, shape, w_, b_, epsilon)
+    if w is None and b is not None:
+        # torch's group-norm backward with a bias but no weight fails ("tensor does not have a device"); a
+        # weight of ones is the same computation.
+        w = torch.ones_like(b)
+    return x, plan, w, b
+
+
+def _sixteen_bit(x: torch.Tensor, native: Any, float32_path: Any) -> torch.Tensor:
+    """A 16-bit input, by the ("torch", "sixteen_bit", "any") row of `GUARDS`.
+
+    `native()` runs the kernel on x as it is and returns (y, mean, rstd); `float32_path(xf)` normalizes a
+    float32 x by the float32 rows (which shift it by a value of x: exact). The kernels accumulate 16-bit
+    data in float32, but their float32 mean of values with a large common offset is an ulp off, and rstd
+    (up to 1/sqrt(epsilon) for a constant input) multiplies that error: a constant -6e4 gave |y| = 0.06
+    where beta = 0 was due. So on the CPU the kernel's own c is checked, and above the limit (and wherever
+    no host check can run) the float32 path runs: its x - shift, formed in float32 from 16-bit values, is
+    exact for nearby values.
+    """
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        y, mean, rstd = native()
+        if _condition(mean, rstd) <= guard("torch", "sixteen_bit", "any").limit:
+            return y
+    return float32_path(x.float()).to(x.dtype)
+
+
+def _native_group_norm(x: torch.Tensor, plan: Plan, groups: int, w: Any, b: Any, eps: float) -> Any:
+    """torch.native_group_norm on a contiguous [N, C, S] view of x: (y shaped like x, mean, rstd)."""
+    n = x.shape[0]
+    if plan.kind == "group_first":
+        ncs = x.reshape(n, plan.shape[1] * plan.shape[2], -1)
+        y, mean, rstd = torch.native_group_norm(ncs, w, b, n, ncs.shape[1], ncs.shape[2], groups, eps)
+        return y.reshape(x.shape), mean, rstd
+    c = x.shape[-1]
+    ncs = _TransposeShift.apply(x.reshape(n, -1, c), None)
+    y, mean, rstd = torch.native_group_norm(ncs, w, b, n, c, ncs.shape[2], groups, eps)
+    return y.transpose(1, 2).reshape(x.shape), mean, rstd
+
+
+@register("torch", "group")
+def group_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Group/instance normalization: the ("torch", "group", ...) rows of `GUARDS`."""
+    if not plain_variant(epsilon, **variants) or return_statistics:
+        return NotImplemented
+    prepared = _prepare(x, reduction, gamma, beta, "group")
+    if prepared is None:
+        return NotImplemented
+    x, plan, w, b = prepared
+    if x.dtype in _LOW:
+        groups = int(reduction.groups)
+        return _sixteen_bit(
+            x,
+            lambda: _native_group_norm(x, plan, groups, w, b, epsilon),
+            lambda xf: _group_norm(xf, plan, reduction, w, b, epsilon),
+        )
+    return _group_norm(x, plan, reduction, w, b, epsilon)
+
+
+@register("torch", "layer")
+def layer_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Layer normalization over trailing axes: the ("torch", "layer", ...) rows of `GUARDS`."""
+    if not plain_variant(epsilon, **variants) or return_statistics:
+        return NotImplemented
+    prepared = _prepare(x, reduction, gamma, beta, "layer")
+    if prepared is None:
+        return NotImplemented
+    x, plan, w, b = prepared
+    shape = tuple(x.shape[reduction.reduction_axes[0] :])
+    w, b = (None if w is None else w.reshape(shape)), (None if b is None else b.reshape(shape))
+    if x.dtype in _LOW:
+        return _sixteen_bit(
+            x,
+            lambda: torch.native_layer_norm(x, shape, w, b, epsilon),
+            lambda xf: _layer_norm(xf, plan, shape, w, b, epsilon),
+        )
+    return _layer_norm(x, plan, shape, w, b, epsilon)
+
+
+def _layer_norm(x: torch.Tensor, plan: Plan, shape: tuple[int, ...], w: Any, b: Any, eps: float) -> torch.Tensor:
+    if _guarded(x):
+        # The kernel on x itself first (it returns the statistics the guard needs).
+        y, mean, rstd = torch.native_layer_norm(x, shape, w, b, eps)
+        if _condition(mean, rstd) <= guard("torch", "layer", "cpu").limit:
+            return y
+    # Shift each row by its first element (exact; layer normalization is invariant to it): torch's float32
+    # row mean near 1e4 is off by ~1e-3 after normalization otherwise.
+    rows = x.reshape(-1, plan.shape[-1])
+    shifted = (rows - rows[:, :1].detach()).reshape(x.shape)
+    return F.layer_norm(shifted, shape, w, b, eps)
+
+
+@register("torch", "batch")
+def batch_norm(
+    x: Any,
+    reduction: Reduction,
+    gamma: Any,
+    beta: Any,
+    epsilon: Any,
+    *,
+    return_statistics: bool = False,
+    **variants: Any,
+) -> Any:
+    """Batch normalization in training: the ("torch", "batch", ...) rows of `GUARDS`. The statistics feed
+    the moving averages (no gradient flows back through them on this path)."""
+    if not plain_variant(epsilon, **variants):
+        return NotImplemented
+    prepared = _prepare(x, reduction, gamma, beta, "batch")
+    if prepared is None:
+        return NotImplemented
+    x, plan, w, b = prepared
+    if x.dtype in _LOW:
+        statistics: list[Any] = []
+
+        def native() -> Any:
+            y, mean, variance = _batch_norm_kernel(_batch_view(x, plan), w, b, epsilon, _count(x, plan))
+            statistics[:] = [mean, variance]
+            return y, mean, torch.rsqrt(variance + epsilon)
+
+        def float32_path(xf: torch.Tensor) -> torch.Tensor:
+            result = _batch_norm_training(xf, plan, w, b, epsilon)
+            if result is NotImplemented:
+                result = _batch_norm_two_pass(xf, plan, w, b, epsilon)
+            statistics[:] = result[1:]
+            return result[0]
+
+        if _count(x, plan) < 2:
+            return NotImplemented
+        y = _sixteen_bit(x, native, float32_path)
+        mean, variance = statistics
     else:
         result = _batch_norm_training(x, plan, w, b, epsilon)
         if result is NotImplemented:
             return NotImplemented
-        y = result[0].reshape(x.shape)
-    return y if y.dtype == x.dtype else y.to(x.dtype)
+        y, mean, variance = result
+    y = y.reshape(x.shape)
+    y = y if y.dtype == x.dtype else y.to(x.dtype)
+    if not return_statistics:
+        return y
+    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
+    return y, Moments(mean.reshape(keep), variance.reshape(keep))
+
+
+def _count(x: torch.Tensor, plan: Plan) -> int:
+    return x.numel() // int(plan.shape[1])
+
+
+def _batch_norm_two_pass(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float) -> tuple[torch.Tensor, ...]:
+    """(y, mean, biased variance) by torch's own reductions on x minus one row of x (exact for nearby
+    values), for a float32 x the guarded kernel declined."""
+    view = _batch_view(x, plan)
+    dims = (0,) if view.dim() == 2 else (0, 2)
+    shift = view[:1].detach() if view.dim() == 2 else view[:1, :, :1].detach()
+    centered = view - shift
+    variance, mean = torch.var_mean(centered, dim=dims, correction=0, keepdim=True)
+    scale = torch.rsqrt(variance + eps)
+    column = (lambda t: t) if view.dim() == 2 else (lambda t: t.reshape(-1, 1))
+    if w is not None:
+        scale = scale * column(w)
+    y = (centered - mean) * scale
+    if b is not None:
+        y = y + column(b)
+    return y, (mean + shift).reshape(-1), variance.reshape(-1)
 
 
 def _batch_norm_training(x: torch.Tensor, plan: Plan, w: Any, b: Any, eps: float) -> Any:
     """(y, batch mean, biased batch variance) from F.batch_norm, or NotImplemented.
 
-    On the CPU the kernel runs on x as it is and its statistics are checked (the guard of the module
-    docstring, without the sampled pre-shift: batch norm's limit c <= 2 covers what it normalizes in practice,
-    ReLU outputs have c ~ 1.3); above the limit it runs again on x shifted by its own mean.
+    On the CPU the kernel runs on x as it is and its statistics are checked (the ("torch", "batch", "cpu")
+    row of `GUARDS`: batch norm's limit c <= 2 covers what it normalizes in practice, ReLU outputs have
+    c ~ 1.3); above the limit it runs again on x shifted by its own mean.
     """
     view = _batch_view(x, plan)
     count = view.numel() // view.shape[1]
     if count < 2:
         return NotImplemented  # torch refuses a single value per channel in training
-    if count > _KERNEL_MAX_COUNT and _guarded(x):
-        return NotImplemented  # the portable two-pass path (see _KERNEL_MAX_COUNT)
+    row = guard("torch", "batch", "cpu")
+    if count > row.max_count and _guarded(x):
+        return NotImplemented  # the portable two-pass path (the row's max_count)
     if not _guarded(x):
         return _batch_norm_kernel(view, w, b, eps, count)
     shift = None
     for _attempt in range(2):
         shifted = view if shift is None else view - _channel_column(shift.detach(), view)
         y, mean, variance = _batch_norm_kernel(shifted, w, b, eps, count)
-        if _condition(mean, torch.rsqrt(variance + eps)) <= _BATCH_LIMIT:
+        if _condition(mean, torch.rsqrt(variance + eps)) <= row.limit:
             break
         shift = mean if shift is None else shift + mean  # shift again by the kernel's own mean
     else:
@@ -375,27 +523,3 @@ def _batch_norm_kernel(view: torch.Tensor, w: Any, b: Any, eps: float, count: in
     y = F.batch_norm(view, running_mean, running_var, w, b, training=True, momentum=1.0, eps=eps)
     variance = running_var * ((count - 1) / count)  # torch stores the unbiased batch variance
     return y, running_mean, variance
-
-
-@register("torch", "normalize_with_batch_statistics_and_moments")
-def normalize_with_batch_statistics_and_moments(
-    x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float
-) -> Any:
-    x = _as_torch(x)
-    dtype = _compute_dtype(x)
-    plan = None if dtype is None else _plan(x, reduction)
-    if plan is None or not plan.kind.startswith("batch"):
-        return NotImplemented
-    result = _batch_norm_training(x, plan, _param(gamma, dtype), _param(beta, dtype), epsilon)
-    if result is NotImplemented:
-        return NotImplemented
-    y, mean, variance = result
-    y = y.reshape(x.shape)
-    keep = [1 if a in reduction.reduction_axes else int(d) for a, d in enumerate(x.shape)]
-    # The statistics feed the moving averages (no gradient flows back through them on this path).
-    return y if y.dtype == x.dtype else y.to(x.dtype), Moments(mean.reshape(keep), variance.reshape(keep))
-
-
-# No "normalize_with_given_statistics" (inference) fast path: the native inference kernels compute
-# x * a + (beta - mean * a), which loses the digits of a large common offset (mean 1e4) that the portable
-# (x - mean) * a + beta keeps.
