@@ -290,5 +290,28 @@ def test_dynamic_batch_under_tf_function():
 
 
 def test_fast_paths_are_registered():
-    for name in ("normalize_with_batch_statistics", "normalize_with_batch_statistics_and_moments"):
-        assert fast.lookup(name) is not None, name
+    for family in fast.FAMILIES:
+        assert fast.lookup(family) is not None, family
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [{"mask": np.ones((6, 4), "float32")}, {"centered": False}, {"cross_replica": lambda t: t}],
+    ids=["mask", "uncentered", "cross_replica"],
+)
+@pytest.mark.parametrize("family", ["group", "layer", "batch"])
+def test_fast_paths_decline_the_variants_they_do_not_implement(family, variant):
+    """A variant argument no fast path implements is declined (NotImplemented), never silently dropped."""
+    from normkit.core.normalize import batch_reduction, group_reduction, layer_reduction
+
+    reduction = {
+        "group": group_reduction(2, 1, 2),
+        "layer": layer_reduction(2, (1,)),
+        "batch": batch_reduction(2, (1,)),
+    }[family]
+    x = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(size=(6, 4)).astype("float32"))
+    fn = fast.lookup(family)
+    assert fn(x, reduction, None, None, 1e-3) is not NotImplemented
+    assert fn(x, reduction, None, None, 1e-3, **variant) is NotImplemented
+    tensor_epsilon = keras.ops.convert_to_tensor(np.float32(1e-3))
+    assert fn(x, reduction, None, None, tensor_epsilon) is NotImplemented

@@ -287,6 +287,15 @@ def _assert_group_matches(x: np.ndarray, groups: int, tol: float) -> None:
         np.testing.assert_allclose(got, want, rtol=0, atol=tol * (np.abs(want).max() + 1), err_msg=label)
 
 
+def _replace_guard(monkeypatch, key, **changes):
+    """Replaces fields of one row of the fast paths' guard table for the test's duration."""
+    import dataclasses
+
+    from normkit.core import fast
+
+    monkeypatch.setitem(fast.GUARDS, key, dataclasses.replace(fast.GUARDS[key], **changes))
+
+
 @torch_only
 def test_guard_zero_mean_data_runs_the_kernel_once_without_a_shift(monkeypatch):
     from normkit.core.fast import torch_backend as tb
@@ -360,7 +369,7 @@ def test_guard_shifts_before_the_kernel_where_x_squared_overflows(monkeypatch):
 def test_guard_falls_back_to_two_pass_statistics(monkeypatch):
     from normkit.core.fast import torch_backend as tb
 
-    monkeypatch.setattr(tb, "_GROUP_LAST_LIMIT", -1.0)  # the guard never passes
+    _replace_guard(monkeypatch, ("torch", "group", "channels_last_cpu"), limit=-1.0)  # the guard never passes
     kernel = _Counter(monkeypatch, tb, "_channels_last_kernel")
     x = np.random.default_rng(3).normal(50.0, 2.0, size=(3, 8, 8, 6)).astype("float32")
     _assert_group_matches(x, 3, 2e-5)
@@ -368,16 +377,14 @@ def test_guard_falls_back_to_two_pass_statistics(monkeypatch):
 
 
 @torch_only
-@pytest.mark.parametrize("limit_name", ["_LAYER_LIMIT", "_BATCH_LIMIT"])
-def test_guard_falls_back_for_layer_and_batch_norm(monkeypatch, limit_name):
-    from normkit.core.fast import torch_backend as tb
-
-    monkeypatch.setattr(tb, limit_name, -1.0)
-    name = "layer_64k_features" if limit_name == "_LAYER_LIMIT" else "batch_dense_16k_rows"
+@pytest.mark.parametrize("family", ["layer", "batch"])
+def test_guard_falls_back_for_layer_and_batch_norm(monkeypatch, family):
+    _replace_guard(monkeypatch, ("torch", family, "cpu"), limit=-1.0)
+    name = "layer_64k_features" if family == "layer" else "batch_dense_16k_rows"
     factory, fn, shape, view = CASES[name]
     layer, gamma, beta = _layer_with(factory, shape)
     x, ct = _rng_data(shape, 1e4)
-    kwargs = {"training": True} if limit_name == "_BATCH_LIMIT" else {}
+    kwargs = {"training": True} if family == "batch" else {}
     y_ref, dx_ref, _ = _reference(x, gamma, beta, view, ct)
     dx, _, _ = autodiff(fn, [x, gamma, beta], ct)
     np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x, **kwargs)), y_ref, rtol=0, atol=PRECISE_TOL)

@@ -83,8 +83,12 @@ class BatchNormalization(AffineNormalization):
 
     **Masks**: `call(inputs, training, mask)` with a mask of rank `rank - 1` (a Keras sequence mask, broadcast
     along the last axis) or of the input's rank (broadcastable): masked positions are left out of the batch
-    statistics and of the updates (a feature without any unmasked position is not updated); their outputs are
-    still computed.
+    statistics and of the updates; their outputs are still computed. A feature without any unmasked position
+    (a fully masked batch, or one fully masked feature) has xhat = 0, so its output is `beta`, and its moving
+    statistics are not updated; nothing is NaN. The mask's values weigh the positions (0 leaves one out).
+    Keras 3's BatchNormalization differs there: it reads the mask as booleans, divides by the count plus
+    1e-7, so a fully masked feature gets mean 0 and variance 0 (output `x / sqrt(epsilon) * gamma + beta`)
+    and its moving statistics move toward 0.
 
     Args:
         axis: an int or a list of ints, the feature axes (1 after a channels-first Conv2D, -1 channels-last).
@@ -113,8 +117,8 @@ class BatchNormalization(AffineNormalization):
             with a warning, as tf.keras 2 did.
         synchronized: accepted and serialized. In tf.keras 2 it made the statistics global across
             `tf.distribute` replicas; here, without a distribution it changes nothing except that, as in tf.keras
-            2, it turns the fused kernel (and so the Bessel correction) off. The cross-replica reduction is its
-            own piece of work (it will combine sufficient statistics, `normkit.core.statistics`).
+            2, it turns the fused kernel (and so the Bessel correction) off. The core already takes a
+            `cross_replica` hook (`normkit.core.statistics.compute_statistics`); the layer does not pass one yet.
         **kwargs: base layer arguments (`name`, `dtype`).
 
     Under the mixed policies ("mixed_float16", "mixed_bfloat16") the weights and moving statistics stay
