@@ -351,7 +351,7 @@ def _replicated(xs, masks, reduction, gamma, beta, centered=True):
     own function of all inputs (values and gradients)."""
     replicas = len(xs)
     sent_before: list[list] = [[] for _ in range(replicas)]
-    for _ in range(4):
+    for _ in range(3):  # two exchanges
         sent_now: list[list] = [[] for _ in range(replicas)]
         outputs = []
         for r in range(replicas):

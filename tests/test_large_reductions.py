@@ -243,9 +243,10 @@ torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the guard of torch's
 
 
 class _Counter:
-    """Wraps a module function, counting calls."""
+    """Wraps a module function, counting calls (with the fast paths on: the count is the fast path's)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> None:
+        monkeypatch.delenv("NORMKIT_DISABLE_FAST_PATHS", raising=False)
         self.calls = 0
         original = getattr(module, name)
 
@@ -288,11 +289,12 @@ def _assert_group_matches(x: np.ndarray, groups: int, tol: float) -> None:
 
 
 def _replace_guard(monkeypatch, key, **changes):
-    """Replaces fields of one row of the fast paths' guard table for the test's duration."""
+    """Replaces fields of one row of the fast paths' guard table for the test's duration (fast paths on)."""
     import dataclasses
 
     from normkit.core import fast
 
+    monkeypatch.delenv("NORMKIT_DISABLE_FAST_PATHS", raising=False)
     monkeypatch.setitem(fast.GUARDS, key, dataclasses.replace(fast.GUARDS[key], **changes))
 
 

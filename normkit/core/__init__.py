@@ -10,8 +10,11 @@ from normkit.core.normalize import (
     normalize_with_given_statistics,
 )
 from normkit.core.statistics import (
+    CrossReplicaSum,
     Moments,
+    Statistics,
     SufficientStatistics,
+    compute_statistics,
     moments,
     moments_from_sufficient_statistics,
     statistics_dtype,
@@ -19,10 +22,13 @@ from normkit.core.statistics import (
 )
 
 __all__ = [
+    "CrossReplicaSum",
     "Moments",
     "Reduction",
+    "Statistics",
     "SufficientStatistics",
     "batch_reduction",
+    "compute_statistics",
     "group_reduction",
     "layer_reduction",
     "moments",
