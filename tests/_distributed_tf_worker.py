@@ -7,6 +7,7 @@ them with a float64 NumPy reference (nothing is checked here).
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 
@@ -20,6 +21,8 @@ REPLICAS = 4
 _cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(_cpu, [tf.config.LogicalDeviceConfiguration()] * REPLICAS)
 
+import keras  # noqa: E402
+
 import normkit  # noqa: E402
 from normkit.distributed import cross_replica_for  # noqa: E402
 from normkit.distributed import tensorflow as tf_engine  # noqa: E402
@@ -29,12 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _distributed_inputs import SHIFT, UNEVEN_COUNTS, grad_inputs, uneven_rows  # noqa: E402
 
 
+@functools.cache
 def strategy_of(replicas: int) -> tf.distribute.Strategy:
-    """MirroredStrategy over the first `replicas` logical CPUs.
+    """MirroredStrategy over the first `replicas` logical CPUs, one per size for the whole process.
 
     The 4-replica strategy keeps MirroredStrategy's default all-reduce (collective ops); the others reduce to
-    one device: one process's collective runtime keys its groups by strategy-local numbers, and a second
-    collective strategy of another size would join the first one's group.
+    one device. One process's collective runtime keys groups and instances by strategy-local counters, so a
+    second collective strategy (of any size) would collide with the first one's keys.
     """
     devices = [f"/cpu:{i}" for i in range(replicas)]
     if replicas == REPLICAS:
@@ -112,9 +116,34 @@ def uneven(out: dict[str, np.ndarray], replicas: int) -> None:
     out[f"uneven{replicas}_variance"] = local(strategy, variance)
 
 
+class GlobalBatchSize(keras.layers.Layer):
+    """Outputs, for every row, the number of rows of the global batch: its replica's count summed by the
+    adapter that `cross_replica_for` picks inside Keras' own distributed step."""
+
+    synchronized = True
+
+    def call(self, inputs: tf.Tensor) -> tf.Tensor:
+        count = tf.cast(tf.shape(inputs)[0:1], tf.float32)
+        replica_sum = cross_replica_for(self)
+        if replica_sum is not None:
+            (count,) = replica_sum((count,))
+        return tf.zeros_like(inputs[:, :1]) + count
+
+
+def keras_step(out: dict[str, np.ndarray]) -> None:
+    """model.predict under MirroredStrategy: Keras runs the layer in a replica context on 2 rows per replica."""
+    strategy = strategy_of(REPLICAS)
+    with strategy.scope():
+        model = keras.Sequential([keras.Input((3,)), GlobalBatchSize()])
+    x = np.zeros((8, 3), "float32")
+    out["keras_predict_global_batch"] = np.asarray(model.predict(x, batch_size=8, verbose=0)).reshape(-1)
+    out["keras_predict_local"] = np.asarray(model(x)).reshape(-1)  # no replica context: the call's own rows
+
+
 def main(path: str) -> None:
     out: dict[str, np.ndarray] = {}
     contexts(out)
+    keras_step(out)
     sum_and_gradient(out)
     uneven(out, 2)
     uneven(out, 4)

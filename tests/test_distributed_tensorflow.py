@@ -38,6 +38,12 @@ def test_cross_replica_for_follows_the_layers_synchronized_flag(results: dict[st
     assert results["layer_choice"].tolist() == [[True, False]] * REPLICAS
 
 
+def test_keras_distributed_step_runs_the_layer_in_a_replica_context(results: dict[str, np.ndarray]) -> None:
+    # model.predict(batch_size=8) on 4 replicas: each replica holds 2 rows, the adapter sums them to 8.
+    assert results["keras_predict_global_batch"].tolist() == [8.0] * 8
+    assert results["keras_predict_local"].tolist() == [8.0] * 8  # outside the strategy: the 8 rows of one call
+
+
 def test_all_reduce_sum_and_its_gradient(results: dict[str, np.ndarray]) -> None:
     expected = expected_sum_and_gradient(REPLICAS)
     for name in ("sum_a", "sum_b", "grad_a", "grad_b"):
