@@ -7,6 +7,7 @@ and PyTorch.
 
 from normkit import ops
 from normkit.core import fast as _fast
+from normkit.distributed import synchronize
 from normkit.layers import (
     BatchNormalization,
     GroupNormalization,
@@ -25,4 +26,5 @@ __all__ = [
     "LayerNormalization",
     "__version__",
     "ops",
+    "synchronize",
 ]
