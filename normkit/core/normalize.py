@@ -15,7 +15,7 @@ from typing import Any
 from keras import ops
 
 from normkit.core import fast
-from normkit.core.statistics import Moments, centered_moments, statistics_dtype
+from normkit.core.statistics import Moments, centered_moments, reduce_sum, statistics_dtype
 
 Tensor = Any
 
@@ -99,7 +99,7 @@ def normalize(
     """
     dtype = statistics_dtype(x.dtype)
     xs = ops.cast(x, dtype)
-    scale = ops.rsqrt(ops.cast(variance, dtype) + epsilon)
+    scale = ops.rsqrt(ops.cast(variance, dtype) + _epsilon_in(epsilon, dtype))
     if gamma is not None:
         scale = scale * ops.cast(gamma, dtype)
     y = (xs - ops.cast(mean, dtype)) * scale
@@ -113,9 +113,11 @@ def normalize_with_batch_statistics(
     reduction: Reduction,
     gamma: Tensor | None,
     beta: Tensor | None,
-    epsilon: float,
+    epsilon: float | Tensor,
     *,
     mask: Tensor | None = None,
+    centered: bool = True,
+    cross_replica: Any = None,
     return_statistics: bool = False,
 ) -> Tensor | tuple[Tensor, Moments]:
     """Normalizes x with statistics computed from x itself over `reduction`.
@@ -124,7 +126,17 @@ def normalize_with_batch_statistics(
     With return_statistics the per-reduction mean and variance come back too (keepdims, in the grouped view
     when channels are grouped), in the statistics dtype: batch normalization needs them for its moving
     averages.
+
+    centered=False normalizes by the mean of squares nu2 instead (no mean is subtracted):
+    y = x * rsqrt(nu2 + epsilon) * gamma + beta (RMS and filter response normalization); its statistics
+    come back as Moments(0, nu2). `epsilon` may be a scalar tensor or variable (a learned epsilon, whose
+    gradient then flows). `mask` (broadcastable to x) leaves positions out of every statistic; where a
+    statistic has no unmasked position the normalized value is 0 (the output is beta), never NaN.
     """
+    if cross_replica is not None:
+        raise NotImplementedError("cross_replica statistics are not available in this build of the core")
+    if not centered or mask is not None:
+        return _normalize_general(x, reduction, gamma, beta, epsilon, mask, centered, return_statistics)
     if mask is None and not return_statistics:
         result = fast.dispatch("normalize_with_batch_statistics", x, reduction, gamma, beta, epsilon)
         if result is not NotImplemented:
@@ -148,6 +160,92 @@ def normalize_with_batch_statistics(
         y, stats = _normalize_shifted(grouped, reduction.grouped_reduction_axes, mask, gamma_b, beta_b, epsilon)
         y = ops.reshape(y, original_shape)
     return (y, stats) if return_statistics else y
+
+
+def _normalize_general(
+    x: Tensor,
+    reduction: Reduction,
+    gamma: Tensor | None,
+    beta: Tensor | None,
+    epsilon: float | Tensor,
+    mask: Tensor | None,
+    centered: bool,
+    return_statistics: bool,
+) -> Tensor | tuple[Tensor, Moments]:
+    """The portable path for masks and the uncentered (mean of squares) statistics; no fast path takes these."""
+    param_shape = param_broadcast_shape(x.shape, reduction)
+    gamma_b = None if gamma is None else ops.reshape(gamma, param_shape)
+    beta_b = None if beta is None else ops.reshape(beta, param_shape)
+    dtype = statistics_dtype(x.dtype)
+    xs = ops.cast(x, dtype)
+    weights = None if mask is None else ops.broadcast_to(ops.cast(mask, dtype), ops.shape(xs))
+    axes = reduction.reduction_axes
+    if reduction.group_axis is not None:
+        grouped_shape = _grouped_shape(x, reduction)
+        xs = ops.reshape(xs, grouped_shape)
+        # The mask is broadcast to x first, so that a per-channel mask splits into groups with the channels.
+        weights = None if weights is None else ops.reshape(weights, grouped_shape)
+        axes = reduction.grouped_reduction_axes
+    xhat, stats = _standardize(xs, axes, weights, epsilon, centered)
+    if gamma_b is not None:
+        xhat = xhat * ops.cast(gamma_b, dtype)
+    if beta_b is not None:
+        xhat = xhat + ops.cast(beta_b, dtype)
+    if reduction.group_axis is not None:
+        xhat = ops.reshape(xhat, ops.shape(x))
+    y = ops.cast(xhat, x.dtype)
+    return (y, stats) if return_statistics else y
+
+
+def _standardize(
+    xs: Tensor, axes: Sequence[int], weights: Tensor | None, epsilon: float | Tensor, centered: bool
+) -> tuple[Tensor, Moments]:
+    """(x - mean) / sqrt(variance + epsilon), or x / sqrt(nu2 + epsilon), with its statistics (keepdims).
+
+    Counts of zero are replaced by one inside the divisions (the sums there are zero too), and the normalized
+    value of such a statistic is set to 0 with a `where` whose other branch stays finite, so that neither the
+    output nor any gradient is NaN.
+    """
+    eps = _epsilon_in(epsilon, xs.dtype)
+    if weights is None:
+        count = None
+        for a in axes:
+            size = ops.cast(ops.shape(xs)[a], xs.dtype)
+            count = size if count is None else count * size
+        safe_count = count
+
+        def total(t: Tensor) -> Tensor:
+            return reduce_sum(t, axes)
+    else:
+        count = reduce_sum(weights, axes)
+        safe_count = ops.where(count > 0, count, ops.ones_like(count))
+
+        def total(t: Tensor) -> Tensor:
+            return reduce_sum(t * weights, axes)
+
+    if centered:
+        # Two passes on x - shift (shift: a constant near the mean), as `_normalize_shifted` explains.
+        shift = ops.stop_gradient(total(xs) / safe_count)
+        shifted = xs - shift
+        mean = total(shifted) / safe_count
+        deviation = shifted - mean
+        variance = total(ops.square(deviation)) / safe_count
+        xhat = deviation * ops.rsqrt(variance + eps)
+        stats = Moments(mean + shift, variance)
+    else:
+        nu2 = total(ops.square(xs)) / safe_count
+        xhat = xs * ops.rsqrt(nu2 + eps)
+        stats = Moments(ops.zeros_like(nu2), nu2)
+    if weights is not None:
+        xhat = ops.where(count > 0, xhat, ops.zeros_like(xhat))
+    return xhat, stats
+
+
+def _epsilon_in(epsilon: float | Tensor, dtype: str) -> float | Tensor:
+    """A Python epsilon as it is; a tensor or variable epsilon (a learned one) cast to the statistics dtype."""
+    if isinstance(epsilon, (int, float)):
+        return epsilon
+    return ops.cast(epsilon, dtype)
 
 
 def _normalize_shifted(
