@@ -8,10 +8,13 @@ and PyTorch.
 from normkit import ops
 from normkit.core import fast as _fast
 from normkit.layers import (
+    TLU,
     BatchNormalization,
+    FilterResponseNormalization,
     GroupNormalization,
     InstanceNormalization,
     LayerNormalization,
+    RMSNormalization,
 )
 
 __version__ = "0.1.0"
@@ -19,10 +22,13 @@ __version__ = "0.1.0"
 _fast.load_active_backend()
 
 __all__ = [
+    "TLU",
     "BatchNormalization",
+    "FilterResponseNormalization",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "RMSNormalization",
     "__version__",
     "ops",
 ]
