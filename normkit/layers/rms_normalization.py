@@ -45,7 +45,7 @@ class RMSNormalization(AffineNormalization):
     >>> import numpy as np, keras, normkit
     >>> layer = normkit.RMSNormalization()
     >>> y = keras.ops.convert_to_numpy(layer(np.array([[3.0, 4.0]], dtype="float32")))
-    >>> np.round(y, 4).tolist()  # rms = sqrt((9 + 16) / 2)
+    >>> [[round(float(v), 4) for v in row] for row in y]  # rms = sqrt((9 + 16) / 2)
     [[0.8485, 1.1314]]
     """
 
