@@ -83,6 +83,7 @@ def _check(layer, x, mask, weights, gamma, beta, forward, backward, seed):
     for got, want in ((dx, want_dx), (dvars["gamma"], want_dgamma), (dvars["beta"], want_dbeta)):
         assert np.all(np.isfinite(got))
         np.testing.assert_allclose(got, want.reshape(got.shape), rtol=1e-4, atol=1e-4 * max(1.0, np.abs(want).max()))
+    return y
 
 
 @pytest.mark.parametrize("name", sorted(LAYERS))
@@ -93,9 +94,8 @@ def test_sequence_mask_matches_weighted_reference(name):
     x = random_normal(rng, shape, loc=0.5, scale=2.0)
     mask = _sequence_mask(rng, shape, fully_masked_sample=1)
     weights = np.broadcast_to(mask[..., None], shape).astype(np.float64)
-    _check(layer, x, mask, weights, gamma, beta, forward, backward, seed=2)
+    y = _check(layer, x, mask, weights, gamma, beta, forward, backward, seed=2)
     # The fully masked sample: nothing to normalize with, so the output is beta (0 * gamma + beta).
-    y = call_with_mask(layer, x, mask)
     beta_view = np.broadcast_to(beta.reshape(_param_shape(name, shape)), shape)
     np.testing.assert_allclose(y[1], beta_view[1], atol=1e-6)
 
@@ -118,6 +118,16 @@ def test_full_rank_float_mask_matches_weighted_reference(name):
     x = random_normal(rng, shape, loc=-0.3, scale=1.5)
     mask = (rng.uniform(size=shape) < 0.7).astype("float32")
     _check(layer, x, mask, mask.astype(np.float64), gamma, beta, forward, backward, seed=5)
+
+
+@pytest.mark.parametrize("name", ["group", "rms"])
+def test_fractional_weights(name):
+    """tf-keras' GroupNormalization took the mask as frequency weights (tf.nn.weighted_moments): so do these."""
+    layer, shape, gamma, beta, forward, backward = _built(name, seed=10)
+    rng = np.random.default_rng(11)
+    x = random_normal(rng, shape, loc=0.2)
+    weights = rng.uniform(0.0, 2.0, size=shape).astype("float32")
+    _check(layer, x, weights, weights.astype(np.float64), gamma, beta, forward, backward, seed=12)
 
 
 def test_all_ones_mask_equals_no_mask():

