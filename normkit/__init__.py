@@ -9,10 +9,13 @@ from normkit import ops
 from normkit.core import fast as _fast
 from normkit.distributed import synchronize
 from normkit.layers import (
+    TLU,
     BatchNormalization,
+    FilterResponseNormalization,
     GroupNormalization,
     InstanceNormalization,
     LayerNormalization,
+    RMSNormalization,
 )
 
 __version__ = "0.1.0"
@@ -20,10 +23,13 @@ __version__ = "0.1.0"
 _fast.load_active_backend()
 
 __all__ = [
+    "TLU",
     "BatchNormalization",
+    "FilterResponseNormalization",
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "RMSNormalization",
     "__version__",
     "ops",
     "synchronize",

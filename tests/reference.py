@@ -205,3 +205,155 @@ def batch_norm_given_grad(x, mean, variance, gamma, upstream, *, axis=-1, epsilo
     other = tuple(a for a in range(x.ndim) if a not in param_axes)
     dx = g * _param_view(gamma, x.shape, param_axes) / sigma
     return dx, (g * xhat).sum(axis=other), g.sum(axis=other)
+
+
+# --- weighted (masked) and uncentered statistics: RMS norm, filter response norm, masks ---------------------
+#
+# With weights w (a mask: 1 keeps a position in the statistics, 0 leaves it out), per statistics set S:
+#     W = sum_S w,  m = sum_S w x / W,  v = sum_S w (x - m)^2 / W,  xhat = (x - m) / sqrt(v + eps)
+# and without centering (RMS, FRN) m = 0 and v = nu2 = sum_S w x^2 / W. Every position of S, masked or not,
+# is normalized with these statistics; a set with W = 0 has xhat = 0 (the output is beta). Gradients:
+#     dL/dxhat_j = d_j = g_j * gamma_j,  s = 1 / sqrt(v + eps)
+#     dL/dx_i = s * (d_i - [centered] w_i / W * sum_S d - w_i * xhat_i / W * sum_S d * xhat)
+#     dL/deps = -1/2 * sum_S d * xhat * s^2
+
+
+def _weighted_standardize(x, weights, sets, epsilon, centered):
+    """xhat, s = 1/sqrt(v + eps) and W (each broadcast to x's shape) for every set, in float64."""
+    xhat, s_all, count = np.zeros_like(x), np.zeros_like(x), np.zeros_like(x)
+    for s in sets:
+        block, w = x[s], weights[s]
+        total = w.sum()
+        count[s] = total
+        if total == 0:
+            continue  # xhat stays 0
+        mean = (w * block).sum() / total if centered else 0.0
+        var = (w * (block - mean) ** 2).sum() / total
+        inv = 1.0 / np.sqrt(var + epsilon)
+        xhat[s] = (block - mean) * inv
+        s_all[s] = inv
+    return xhat, s_all, count
+
+
+def weighted_normalize(x, gamma, beta, *, sets_fn, param_shape_fn, epsilon, weights=None, centered=True):
+    """y = gamma * xhat + beta with the weighted statistics above; gamma/beta are given already broadcastable
+    against x through `param_shape_fn(x.shape)` (a reshape target)."""
+    x = np.asarray(x, dtype=np.float64)
+    w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
+    xhat, _, _ = _weighted_standardize(x, w, list(sets_fn(x.shape)), epsilon, centered)
+    shape = param_shape_fn(x.shape)
+    y = xhat * (1.0 if gamma is None else np.asarray(gamma, np.float64).reshape(shape))
+    return y if beta is None else y + np.asarray(beta, np.float64).reshape(shape)
+
+
+def weighted_normalize_grad(x, gamma, upstream, *, sets_fn, param_shape_fn, epsilon, weights=None, centered=True):
+    """(dL/dx, dL/dgamma, dL/dbeta, dL/depsilon) for L = sum(upstream * weighted_normalize(...)); dgamma and
+    dbeta are summed to `param_shape_fn(x.shape)` with size-1 axes squeezed away where gamma has fewer axes."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.asarray(upstream, dtype=np.float64)
+    w = np.ones_like(x) if weights is None else np.broadcast_to(np.asarray(weights, np.float64), x.shape)
+    sets = list(sets_fn(x.shape))
+    xhat, inv, count = _weighted_standardize(x, w, sets, epsilon, centered)
+    shape = param_shape_fn(x.shape)
+    d = g * (1.0 if gamma is None else np.asarray(gamma, np.float64).reshape(shape))
+    dx = np.zeros_like(x)
+    depsilon = 0.0
+    for s in sets:
+        total = count[s].flat[0]
+        if total == 0:
+            continue
+        ds, hs, ws, si = d[s], xhat[s], w[s], inv[s]
+        dx[s] = si * (ds - (ws / total * ds.sum() if centered else 0.0) - ws * hs / total * (ds * hs).sum())
+        depsilon += -0.5 * (ds * hs * si**2).sum()
+    reduce_axes = tuple(a for a in range(x.ndim) if shape[a] == 1)  # the axes gamma does not span
+    dgamma = (g * xhat).sum(axis=reduce_axes, keepdims=True).reshape(shape)
+    dbeta = g.sum(axis=reduce_axes, keepdims=True).reshape(shape)
+    return dx, dgamma, dbeta, depsilon
+
+
+def _axes_param_shape(axes):
+    return lambda shape: [shape[a] if a in axes else 1 for a in range(len(shape))]
+
+
+def rms_norm(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-6, weights=None):
+    """x / sqrt(mean(x^2 over axis) + eps) * gamma + beta; gamma/beta shaped like the `axis` dims."""
+    axes = _axes(axis, np.ndim(x))
+    return weighted_normalize(x, gamma, beta, sets_fn=lambda shape: _axis_sets(shape, axes),
+                              param_shape_fn=_axes_param_shape(axes), epsilon=epsilon, weights=weights,
+                              centered=False)
+
+
+def rms_norm_grad(x, gamma, upstream, *, axis=-1, epsilon=1e-6, weights=None):
+    """(dL/dx, dL/dgamma, dL/dbeta) with dgamma/dbeta shaped like the `axis` dims."""
+    axes = _axes(axis, np.ndim(x))
+    dx, dgamma, dbeta, _ = weighted_normalize_grad(
+        x, gamma, upstream, sets_fn=lambda shape: _axis_sets(shape, axes), param_shape_fn=_axes_param_shape(axes),
+        epsilon=epsilon, weights=weights, centered=False)
+    pshape = tuple(np.shape(x)[a] for a in axes)
+    return dx, dgamma.reshape(pshape), dbeta.reshape(pshape)
+
+
+def filter_response_norm(x, gamma=None, beta=None, *, epsilon=1e-6, weights=None):
+    """FRN of an NHWC x: per (sample, channel) over H and W, gamma/beta of shape (1, 1, 1, C); `epsilon` is
+    the total one (|epsilon| + |learned epsilon|)."""
+    return weighted_normalize(x, gamma, beta, sets_fn=lambda shape: _axis_sets(shape, (1, 2)),
+                              param_shape_fn=lambda shape: [1, 1, 1, shape[3]], epsilon=epsilon, weights=weights,
+                              centered=False)
+
+
+def filter_response_norm_grad(x, gamma, upstream, *, epsilon=1e-6, weights=None):
+    """(dL/dx, dL/dgamma, dL/dbeta, dL/depsilon), gamma's gradients of shape (1, 1, 1, C)."""
+    return weighted_normalize_grad(x, gamma, upstream, sets_fn=lambda shape: _axis_sets(shape, (1, 2)),
+                                   param_shape_fn=lambda shape: [1, 1, 1, shape[3]], epsilon=epsilon,
+                                   weights=weights, centered=False)
+
+
+def masked_group_norm(x, gamma=None, beta=None, *, groups, axis=-1, epsilon=1e-3, weights=None):
+    """Group normalization with weighted statistics (gamma/beta of shape (channels,))."""
+    rank = np.ndim(x)
+    return weighted_normalize(x, gamma, beta, sets_fn=lambda shape: _group_sets(shape, axis, groups),
+                              param_shape_fn=_axes_param_shape((axis % rank,)), epsilon=epsilon, weights=weights)
+
+
+def masked_group_norm_grad(x, gamma, upstream, *, groups, axis=-1, epsilon=1e-3, weights=None):
+    rank = np.ndim(x)
+    dx, dgamma, dbeta, _ = weighted_normalize_grad(
+        x, gamma, upstream, sets_fn=lambda shape: _group_sets(shape, axis, groups),
+        param_shape_fn=_axes_param_shape((axis % rank,)), epsilon=epsilon, weights=weights)
+    return dx, dgamma.reshape(-1), dbeta.reshape(-1)
+
+
+def masked_layer_norm(x, gamma=None, beta=None, *, axis=-1, epsilon=1e-3, weights=None):
+    """Layer normalization with weighted statistics (gamma/beta shaped like the `axis` dims)."""
+    axes = _axes(axis, np.ndim(x))
+    return weighted_normalize(x, gamma, beta, sets_fn=lambda shape: _axis_sets(shape, axes),
+                              param_shape_fn=_axes_param_shape(axes), epsilon=epsilon, weights=weights)
+
+
+def masked_layer_norm_grad(x, gamma, upstream, *, axis=-1, epsilon=1e-3, weights=None):
+    axes = _axes(axis, np.ndim(x))
+    dx, dgamma, dbeta, _ = weighted_normalize_grad(
+        x, gamma, upstream, sets_fn=lambda shape: _axis_sets(shape, axes), param_shape_fn=_axes_param_shape(axes),
+        epsilon=epsilon, weights=weights)
+    pshape = tuple(np.shape(x)[a] for a in axes)
+    return dx, dgamma.reshape(pshape), dbeta.reshape(pshape)
+
+
+def tlu(x, tau, alpha=None):
+    """max(x, tau) or max(x, alpha * x + tau); tau/alpha of one sample's shape."""
+    x = np.asarray(x, dtype=np.float64)
+    threshold = np.asarray(tau, np.float64) + (0.0 if alpha is None else np.asarray(alpha, np.float64) * x)
+    return np.maximum(x, threshold)
+
+
+def tlu_grad(x, tau, upstream, alpha=None):
+    """(dL/dx, dL/dtau, dL/dalpha or None); at a tie x takes the gradient (TensorFlow's maximum)."""
+    x = np.asarray(x, dtype=np.float64)
+    g = np.asarray(upstream, dtype=np.float64)
+    a = 0.0 if alpha is None else np.asarray(alpha, np.float64)
+    threshold = np.asarray(tau, np.float64) + a * x
+    takes_x = x >= threshold
+    dx = np.where(takes_x, g, g * a)
+    dtau = np.where(takes_x, 0.0, g).sum(axis=0)
+    dalpha = None if alpha is None else np.where(takes_x, 0.0, g * x).sum(axis=0)
+    return dx, dtau, dalpha

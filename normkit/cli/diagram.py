@@ -1,6 +1,7 @@
 """`normkit diagram`: Wu & He (2018) Figure 2, computed from the layers' own reduction axes.
 
-Each panel is the N x C x (H,W) cube of a 4-D input; the cubes shaded blue share one mean and variance.
+Each panel is the N x C x (H,W) cube of a 4-D input; the cubes shaded blue share one mean and variance (for
+RMS and filter response normalization, which subtract no mean: one mean of squares).
 Which elements share statistics is not drawn from a picture but derived from the built layer's `_reduction`
 (normkit.core.normalize.Reduction): two elements share a mean iff they agree on every axis that is not
 reduced, and (for grouped channels) lie in the same channel group.
@@ -53,6 +54,11 @@ def build_layer(kind: str, groups: int, axis: Any, shape: tuple[int, ...]) -> tu
         layer, call = normkit.LayerNormalization(axis=axis), f"LayerNormalization(axis={axis})"
     elif kind == "instance":
         layer, call = normkit.InstanceNormalization(axis=axis), f"InstanceNormalization(axis={axis})"
+    elif kind == "rms":
+        layer, call = normkit.RMSNormalization(axis=axis), f"RMSNormalization(axis={axis})"
+    elif kind == "frn":
+        # Always over H and W of an NHWC input (Addons' axis=[1, 2]).
+        layer, call = normkit.FilterResponseNormalization(), "FilterResponseNormalization()"
     else:
         layer, call = (
             normkit.GroupNormalization(groups=groups, axis=axis),
@@ -154,6 +160,8 @@ def run_diagram(args: argparse.Namespace) -> int:
     groups = parse_int("--groups", args.groups, minimum=-1) if args.groups is not None else 5
     if args.layer != "group" and args.groups is not None:
         raise usage_error("--groups applies to --layer group only")
+    if args.layer == "frn" and args.axis is not None:
+        raise usage_error("--axis does not apply to --layer frn: it always normalizes over H and W (axis [1, 2])")
     if args.layer in ("instance", "group") and isinstance(axis, list):
         raise usage_error(f"--axis for {args.layer} normalization is one int, got {args.axis!r}")
     shape = _parse_shape(args.shape)
@@ -173,6 +181,8 @@ def run_diagram(args: argparse.Namespace) -> int:
             panel_for("instance", 0, -1, shape, "Instance Norm\nInstanceNormalization(axis=-1)"),
             panel_for("group", 5, -1, shape, "Group Norm\nGroupNormalization(groups=5, axis=-1)"),
             panel_for("layer", 0, 3, shape, "the seed's Layer Norm\nLayerNormalization(axis=3)"),
+            panel_for("rms", 0, 3, shape, "RMS Norm (no mean)\nRMSNormalization(axis=3)"),
+            panel_for("frn", 0, -1, shape, "Filter Response Norm (no mean)\nFilterResponseNormalization()"),
         ]
     path = draw(panels, args.out)
     print(f"diagram: {path}")

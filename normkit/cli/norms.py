@@ -3,6 +3,8 @@
 Each entry is the exact layer call (a string, shown in the report and part of a run's key) and a factory.
 group, instance and layer are the seed's calls verbatim. ghost-batch uses V = gcd(B, --ghost-batch-size)
 samples per ghost batch (tf.keras 2 semantics: B must be divisible by V), so at B <= V it equals batch.
+rms normalizes each position over the channels (as the seed's layer call does); frn is filter response
+normalization over H and W followed by its TLU activation (Singh & Krishnan 2019).
 """
 
 from __future__ import annotations
@@ -63,10 +65,22 @@ def spec(name: str, batch_size: int, ghost_batch_size: int) -> NormSpec:
     if name == "rms":
         return NormSpec(name, "RMSNormalization(axis=3)", lambda: normkit.RMSNormalization(axis=3))
     if name == "frn":
+        # The paper's pairing: FRN followed by a TLU in place of the ReLU, as one block (one norm layer in the
+        # model, its parameters counted together).
         return NormSpec(
-            name, "FilterResponseNormalization(axis=3)", lambda: normkit.FilterResponseNormalization(axis=3)
+            name,
+            "Sequential([FilterResponseNormalization(), TLU()])",
+            _frn_with_tlu,
         )
     raise CLIError(f"unknown norm {name!r}")
+
+
+def _frn_with_tlu() -> Any:
+    import keras
+
+    import normkit
+
+    return keras.Sequential([normkit.FilterResponseNormalization(), normkit.TLU()], name="frn_tlu")
 
 
 def unavailable_reason(name: str, batch_size: int, ghost_batch_size: int) -> str | None:

@@ -23,6 +23,7 @@ from normkit.core.normalize import (
 )
 from normkit.core.statistics import compute_statistics, reduction_count
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
+from normkit.layers.masks import full_rank_mask
 
 Tensor = Any
 
@@ -301,7 +302,7 @@ class BatchNormalization(AffineNormalization):
             return normalize_with_given_statistics(
                 inputs, reduction, self.moving_mean, self.moving_variance, self.gamma, self.beta, self.epsilon
             )
-        mask = _full_rank_mask(mask, inputs)
+        mask = full_rank_mask(mask, inputs)
         if self.virtual_batch_size is None and not self.renorm and self.adjustment is None:
             # The common case goes through the core's one entry point (a backend fast path may take it).
             outputs, stats = normalize_with_batch_statistics(
@@ -576,22 +577,6 @@ def _check_virtual_batch_size(size: Any) -> int | None:
 def _input_shape(inputs: Tensor) -> tuple[Any, ...]:
     """The input's shape for `adjustment`: static dims as ints, unknown ones as scalar tensors."""
     return tuple(ops.shape(inputs)[i] if s is None else int(s) for i, s in enumerate(inputs.shape))
-
-
-def _full_rank_mask(mask: Tensor | None, inputs: Tensor) -> Tensor | None:
-    """A mask of rank `rank - 1` (Keras sequence masks) covers every axis but the last: add that axis."""
-    if mask is None:
-        return None
-    mask = ops.convert_to_tensor(mask)
-    rank = len(inputs.shape)
-    if len(mask.shape) == rank - 1:
-        return ops.expand_dims(mask, -1)
-    if len(mask.shape) == rank:
-        return mask
-    raise ValueError(
-        f"The mask must have the input's rank ({rank}) or one less ({rank - 1}). Received: a mask of shape "
-        f"{tuple(mask.shape)} for an input of shape {tuple(inputs.shape)}"
-    )
 
 
 def _static_count(inputs: Tensor, axes: tuple[int, ...]) -> int | None:

@@ -8,6 +8,7 @@ from normkit.core import validation as v
 from normkit.core.functional import group_reduction_for
 from normkit.core.normalize import normalize_with_batch_statistics
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
+from normkit.layers.masks import full_rank_mask
 
 
 @register("GroupNormalization", "Addons>GroupNormalization")
@@ -33,6 +34,14 @@ class GroupNormalization(AffineNormalization):
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
     Input shape: any rank >= 2, the channel dim defined. Output shape: the input's.
+
+    Call arguments:
+        inputs: the tensor to normalize.
+        mask: optional; a Keras sequence mask (the input's rank minus one, e.g. from `Masking` or
+            `Embedding(mask_zero=True)`, applied to every feature of a position) or a mask of the input's rank
+            (broadcastable; 0/1 or weights, as tf-keras' GroupNormalization took): masked positions are left out
+            of the statistics, their outputs are still computed, and a statistic with nothing unmasked gives
+            `beta`. The mask propagates to the next layer.
 
     Example (the seed tutorial's call):
 
@@ -84,9 +93,11 @@ class GroupNormalization(AffineNormalization):
         self._build_affine((channels,))
         self.input_spec = None
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, mask: Any = None) -> Any:
         inputs = self._to_compute_dtype(inputs)
-        return normalize_with_batch_statistics(inputs, self._reduction, self.gamma, self.beta, self.epsilon)
+        return normalize_with_batch_statistics(
+            inputs, self._reduction, self.gamma, self.beta, self.epsilon, mask=full_rank_mask(mask, inputs)
+        )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -8,6 +8,7 @@ from normkit.core import validation as v
 from normkit.core.functional import layer_reduction_for
 from normkit.core.normalize import normalize_with_batch_statistics
 from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
+from normkit.layers.masks import full_rank_mask
 
 
 @register("LayerNormalization")
@@ -23,6 +24,15 @@ class LayerNormalization(AffineNormalization):
         epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
         beta_constraint, gamma_constraint: as for GroupNormalization.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
+
+    Call arguments:
+        inputs: the tensor to normalize.
+        mask: optional; a Keras sequence mask (the input's rank minus one, e.g. from `Masking` or
+            `Embedding(mask_zero=True)`, applied to every feature of a position) or a mask of the input's rank
+            (broadcastable; 0/1 or weights, as tf-keras' GroupNormalization took): masked positions are left out
+            of the statistics, their outputs are still computed, and a statistic with nothing unmasked gives
+            `beta`. The mask propagates to the next layer. With `axis=-1` and a sequence mask each position is
+            its own statistic, so a masked position's output is `beta`.
 
     Example (the seed tutorial's call):
 
@@ -67,6 +77,8 @@ class LayerNormalization(AffineNormalization):
         self._reduction = layer_reduction_for(tuple(input_shape), self.axis)
         self._build_affine(tuple(int(input_shape[a]) for a in self._reduction.param_axes))
 
-    def call(self, inputs: Any) -> Any:
+    def call(self, inputs: Any, mask: Any = None) -> Any:
         inputs = self._to_compute_dtype(inputs)
-        return normalize_with_batch_statistics(inputs, self._reduction, self.gamma, self.beta, self.epsilon)
+        return normalize_with_batch_statistics(
+            inputs, self._reduction, self.gamma, self.beta, self.epsilon, mask=full_rank_mask(mask, inputs)
+        )
