@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from normkit.core import validation as v
 from normkit.core.functional import layer_reduction_for
 from normkit.core.normalize import normalize_with_batch_statistics
@@ -23,6 +25,13 @@ class LayerNormalization(AffineNormalization):
         epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
         beta_constraint, gamma_constraint: as for GroupNormalization.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
+
+    After build, `layer.axis` is the list of non-negative axes (tf.keras 2's form: `[1]` for `axis=-1` on a
+    rank-2 input); `get_config` writes `axis` as it was given, so a config builds on inputs of any rank.
+    Inputs: the `axis` dims defined and no non-batch dim of size 0; once built, the same rank and `axis`
+    dims. Integer and bool inputs are cast to the compute dtype (Keras' LayerNormalization does the same),
+    complex ones are a TypeError. `compute_output_shape` checks the shape as `build` does (an `axis` out of
+    range is a ValueError) and creates no weights.
 
     Example (the seed tutorial's call):
 
@@ -63,9 +72,19 @@ class LayerNormalization(AffineNormalization):
         )
         self._reduction = None
 
+    def _reduction_for(self, input_shape: tuple[int | None, ...]) -> Any:
+        return layer_reduction_for(tuple(input_shape), self._axis_argument)
+
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self._reduction = layer_reduction_for(tuple(input_shape), self.axis)
-        self._build_affine(tuple(int(input_shape[a]) for a in self._reduction.param_axes))
+        input_shape = tuple(input_shape)
+        self._reduction = self._reduction_for(input_shape)
+        axes = self._reduction.param_axes
+        self._build_affine(tuple(int(input_shape[a]) for a in axes))
+        # tf.keras 2's `validate_axis`: the axes as a list of non-negative ints, in the order given.
+        given = [self._axis_argument] if isinstance(self._axis_argument, int) else self._axis_argument
+        self.axis = [a % len(input_shape) for a in given]
+        self.input_spec = keras.InputSpec(ndim=len(input_shape), axes={a: int(input_shape[a]) for a in axes})
 
     def call(self, inputs: Any) -> Any:
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         return normalize_with_batch_statistics(inputs, self._reduction, self.gamma, self.beta, self.epsilon)
