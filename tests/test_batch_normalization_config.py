@@ -431,7 +431,7 @@ FUSED_OFF_AT_CONSTRUCTION = [
 ]
 
 
-@pytest.mark.parametrize("kwargs", FUSED_OFF_AT_CONSTRUCTION, ids=[str(k) for k in FUSED_OFF_AT_CONSTRUCTION])
+@pytest.mark.parametrize("kwargs", FUSED_OFF_AT_CONSTRUCTION, ids=[",".join(k) for k in FUSED_OFF_AT_CONSTRUCTION])
 def test_fused_none_is_false_at_construction_where_the_kernel_could_not_run(kwargs) -> None:
     layer = BatchNormalization(**kwargs)
     assert layer.fused is False
