@@ -11,13 +11,13 @@ from normkit.core.functional import (
     group_norm,
     instance_norm,
     layer_norm,
+    moments,
+    sufficient_statistics,
 )
 from normkit.core.statistics import (
     Moments,
     SufficientStatistics,
-    moments,
     moments_from_sufficient_statistics,
-    sufficient_statistics,
 )
 
 __all__ = [

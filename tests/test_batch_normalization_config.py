@@ -281,7 +281,7 @@ CONSTRUCTION_ERRORS = [
     ({"renorm_momentum": 2.0}, ValueError, "renorm_momentum=2.0"),
     ({"renorm": True, "renorm_clipping": {"rmaxx": 1.0}}, ValueError, "unknown keys ['rmaxx']"),
     ({"renorm": True, "renorm_clipping": {"rmin": 2.0, "rmax": 1.0}}, ValueError, "rmin=2.0, rmax=1.0"),
-    ({"renorm": True, "renorm_clipping": {"dmax": -1.0}}, ValueError, "dmax=-1.0"),
+    ({"renorm": True, "renorm_clipping": {"dmax": -1.0}}, ValueError, "renorm_clipping={'dmax': -1.0}"),
     ({"renorm": True, "renorm_clipping": [1.0]}, TypeError, "renorm_clipping=[1.0]"),
     ({"renorm": True, "renorm_clipping": {"rmax": "big"}}, TypeError, "renorm_clipping['rmax']"),
     ({"renorm": "yes"}, TypeError, "renorm='yes'"),
@@ -305,6 +305,17 @@ CONSTRUCTION_ERRORS = [
     ({"fused": True, "dtype": "float64"}, ValueError, "compute dtype float64"),
     ({"epsilon": -1.0}, ValueError, "epsilon=-1.0"),
     ({"axis": 1.5}, TypeError, "axis=1.5"),
+    # r = s_B / s is a ratio of standard deviations and d a number of them: a negative rmax flips the output's
+    # sign, an infinite rmin makes it infinite.
+    ({"renorm": True, "renorm_clipping": {"rmax": -1.0}}, ValueError, "['rmax']` must be finite and > 0"),
+    ({"renorm": True, "renorm_clipping": {"rmax": 0.0}}, ValueError, "renorm_clipping={'rmax': 0.0}"),
+    ({"renorm": True, "renorm_clipping": {"rmin": float("inf")}}, ValueError, "['rmin']` must be finite"),
+    ({"renorm": True, "renorm_clipping": {"rmin": -0.5}}, ValueError, "renorm_clipping={'rmin': -0.5}"),
+    ({"renorm": True, "renorm_clipping": {"rmax": float("inf")}}, ValueError, "renorm_clipping={'rmax': inf}"),
+    ({"renorm": True, "renorm_clipping": {"dmax": float("inf")}}, ValueError, "['dmax']` must be finite"),
+    ({"renorm": True, "renorm_clipping": {"dmax": float("nan")}}, TypeError, "renorm_clipping['dmax']"),
+    ({"moving_mean_initializer": "no_such_initializer"}, ValueError, "moving_mean_initializer='no_such_initializer'"),
+    ({"moving_variance_initializer": 3}, ValueError, "moving_variance_initializer=3"),
 ]
 
 
@@ -368,3 +379,108 @@ def test_docstring_example_runs() -> None:
     import normkit.layers.batch_normalization as module
 
     assert doctest.testmod(module).failed == 0
+
+
+def test_renorm_clipping_bounds_that_clip_nothing_are_accepted() -> None:
+    layer = BatchNormalization(renorm=True, renorm_clipping={"rmin": 0.0, "rmax": 1.0, "dmax": 0.0})
+    assert layer.renorm_clipping == {"rmin": 0.0, "rmax": 1.0, "dmax": 0.0}
+
+
+# ------------------------------------------------------------------------------------ adjustment's result
+
+ADJUSTMENT_RESULTS = [
+    (lambda shape: 1.0, TypeError, "adjustment returned 1.0 (of type float)"),
+    (lambda shape: (1.0, 0.0, 0.0), TypeError, "adjustment returned a tuple of 3 items"),
+    (lambda shape: None, TypeError, "adjustment returned None"),
+    (lambda shape: (np.ones(4, "float32"), 0.0), ValueError, "its scale has shape (4,)"),
+    (lambda shape: (1.0, np.zeros((2, 3), "float32")), ValueError, "its bias has shape (2, 3)"),
+    (lambda shape: (np.ones((1, 5, 3), "float32"), 0.0), ValueError, "its scale has shape (1, 5, 3)"),
+]
+
+
+@pytest.mark.parametrize("adjustment,error,message", ADJUSTMENT_RESULTS, ids=[m for _, _, m in ADJUSTMENT_RESULTS])
+def test_adjustment_result_errors_name_adjustment(adjustment, error, message) -> None:
+    layer = BatchNormalization(adjustment=adjustment)
+    x = np.random.default_rng(0).normal(size=(6, 3)).astype("float32")
+    with pytest.raises(error, match=re.escape(message)) as raised:
+        layer(x, training=True)
+    assert "`adjustment` must return" in str(raised.value)
+    layer(x, training=False)  # inference does not call it
+
+
+def test_adjustment_result_broadcastable_to_the_input_is_used() -> None:
+    scale, bias = np.array([0.5, 1.0, 2.0], "float32"), np.array([[0.1], [0.2], [0.3], [0.4]], "float32")
+    layer = BatchNormalization(center=False, scale=False, adjustment=lambda shape: (scale, bias))
+    x = np.random.default_rng(1).normal(size=(4, 3)).astype("float32")
+    xd = x.astype(np.float64)
+    xhat = (xd - xd.mean(0)) / np.sqrt(xd.var(0) + 1e-3)
+    np.testing.assert_allclose(to_numpy(layer(x, training=True)), scale * xhat + bias, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- fused, as tf.keras 2
+
+FUSED_OFF_AT_CONSTRUCTION = [
+    {"renorm": True},
+    {"virtual_batch_size": 2},
+    {"adjustment": lambda shape: (1.0, 0.0)},
+    {"synchronized": True},
+    {"axis": [1, 3]},
+    {"axis": 2},
+    {"axis": -2},
+    {"dtype": "float64"},
+]
+
+
+@pytest.mark.parametrize("kwargs", FUSED_OFF_AT_CONSTRUCTION, ids=[",".join(k) for k in FUSED_OFF_AT_CONSTRUCTION])
+def test_fused_none_is_false_at_construction_where_the_kernel_could_not_run(kwargs) -> None:
+    layer = BatchNormalization(**kwargs)
+    assert layer.fused is False
+    assert layer.get_config()["fused"] is None  # written as given
+
+
+@pytest.mark.parametrize(
+    "axis,shape,fused",
+    [
+        (-1, (2, 2, 2, 3), True),
+        (1, (2, 3, 2, 2), True),
+        (3, (2, 2, 2, 3), True),
+        (-3, (2, 3, 2, 2), True),
+        (-1, (2, 2, 2, 2, 3), True),
+        (1, (2, 3, 2, 2, 2), True),
+        (-4, (2, 3, 2, 2, 2), True),
+        (-1, (4, 3), False),
+        (-1, (4, 2, 3), False),
+        (3, (2, 2, 2, 3, 2), False),  # rank 5 with axis 3: tf.keras 2 fell back silently
+        (-1, (2, 2, 2, 2, 2, 3), False),
+    ],
+)
+def test_fused_none_is_resolved_at_build(axis, shape, fused) -> None:
+    layer = BatchNormalization(axis=axis)
+    assert layer.fused is None  # the rank is not known yet
+    layer.build(shape)
+    assert layer.fused is fused
+    config = layer.get_config()
+    assert config["fused"] is None
+    again = BatchNormalization.from_config(config)
+    assert again.fused is None and again.get_config() == config
+
+
+def test_fused_given_is_kept() -> None:
+    layer = BatchNormalization(fused=True, axis=1)
+    layer.build((2, 3, 2, 2))
+    assert layer.fused is True and layer.get_config()["fused"] is True
+    layer = BatchNormalization(fused=False)
+    layer.build((2, 2, 2, 3))
+    assert layer.fused is False and layer.get_config()["fused"] is False
+
+
+@pytest.mark.parametrize("shape,fused", [((4, 2, 2, 3), True), ((6, 3), False)])
+def test_resolved_fused_decides_the_bessel_correction(shape, fused) -> None:
+    """The moving variance gets N / (N - 1) exactly where `layer.fused` resolved to True."""
+    layer = BatchNormalization(momentum=0.0)
+    x = np.random.default_rng(2).normal(size=shape).astype("float32")
+    layer(x, training=True)
+    assert layer.fused is fused
+    xd = x.astype(np.float64).reshape(-1, shape[-1])
+    expected = xd.var(0, ddof=1 if fused else 0)
+    np.testing.assert_allclose(to_numpy(layer.moving_variance), expected, rtol=1e-5)

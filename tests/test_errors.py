@@ -97,13 +97,6 @@ def test_construction_errors(factory, error, match):
 # --- InstanceNormalization -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("groups", [2, 3, 12])
-def test_instance_normalization_groups_must_be_minus_one_or_channels(groups):
-    layer = IN(axis=-1, groups=groups)
-    with pytest.raises(ValueError, match=rf"(?s)channel count 6.*groups={groups}"):
-        layer.build((2, 3, 6))
-
-
 @pytest.mark.parametrize("shape,axis,match", [((2, 3, 4), 0, r"batch axis"), ((2, 3, 4), 3, r"out of range"),
                                               ((None, 3, None), -1, r"defined dimension")])
 def test_instance_normalization_axis_errors(shape, axis, match):
@@ -152,3 +145,30 @@ def test_op_argument_errors():
         normkit.ops.batch_norm(x, mean=np.zeros(4, "float32"))
     with pytest.raises(ValueError, match=r"(?s)out of range.*axis=5"):
         normkit.ops.batch_norm(x, axis=5)
+
+
+# --- LayerNormalization's axis after build ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "axis,shape,built_axis",
+    [
+        (-1, (2, 4), [1]),
+        (-1, (2, 3, 4), [2]),
+        ([-1, 1], (2, 3, 4), [2, 1]),
+        ((1, 2), (2, 3, 4), [1, 2]),
+        (2, (2, 3, 4), [2]),
+    ],
+)
+def test_layer_normalization_axis_is_canonical_after_build(axis, shape, built_axis):
+    """tf.keras 2's `validate_axis`: after build `layer.axis` lists non-negative axes in the order given."""
+    layer = LN(axis=axis)
+    layer.build(shape)
+    assert layer.axis == built_axis
+    # The config keeps the argument as given, so that it builds again on an input of another rank.
+    config = layer.get_config()
+    assert config["axis"] == (list(axis) if isinstance(axis, tuple) else axis)
+    clone = LN.from_config(config)
+    x = np.random.default_rng(0).normal(size=(2, 5, 3, 4)).astype("float32")
+    clone(x)
+    assert clone.get_config() == config

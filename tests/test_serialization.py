@@ -180,10 +180,13 @@ def test_addons_configs_load(class_name, cls, extra, groups, loader):
     assert keras.saving.serialize_keras_object(layer)["registered_name"].startswith("normkit>")
 
 
-def test_addons_instance_config_with_wrong_groups_is_an_error():
+def test_addons_instance_config_with_other_groups_warns_and_ignores_them():
+    """Addons' InstanceNormalization ignored `groups` (with a warning): such configs still run."""
     layer = keras.saving.deserialize_keras_object(_addons_config("Addons>InstanceNormalization", groups=5))
-    with pytest.raises(ValueError, match=r"groups=5"):
-        layer.build((2, 4, 4, 10))
+    x = random_normal(np.random.default_rng(3), (2, 4, 4, 10))
+    with pytest.warns(UserWarning, match=r"groups=5"):
+        y = layer(x)
+    assert_close(y, ref.instance_norm(x, to_numpy(layer.gamma), to_numpy(layer.beta), axis=3))
 
 
 @pytest.mark.parametrize("axis", [[3], [1, 2], [-1]])

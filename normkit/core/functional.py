@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from normkit.core import statistics
 from normkit.core import validation as v
 from normkit.core.normalize import (
     Reduction,
@@ -17,7 +18,7 @@ from normkit.core.normalize import (
     normalize_with_batch_statistics,
     normalize_with_given_statistics,
 )
-from normkit.core.statistics import Moments
+from normkit.core.statistics import Moments, SufficientStatistics
 
 Tensor = Any
 
@@ -40,6 +41,7 @@ def _as_tensors(*values: Any) -> tuple[Any, ...]:
 def group_reduction_for(shape: tuple[Any, ...], groups: int, axis: int) -> Reduction:
     """Validates GroupNormalization's arguments against `shape` and returns its reduction."""
     rank = v.check_rank(shape, 2, "GroupNormalization")
+    v.check_no_empty_dims(shape, "GroupNormalization")
     v.check_groups_arg(groups)
     v.check_axis_arg(axis, allow_list=False)
     (channel_axis,) = v.canonical_axes(axis, rank, allow_batch_axis=False)
@@ -50,6 +52,7 @@ def group_reduction_for(shape: tuple[Any, ...], groups: int, axis: int) -> Reduc
 
 def layer_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
     rank = v.check_rank(shape, 1, "LayerNormalization")
+    v.check_no_empty_dims(shape, "LayerNormalization")
     v.check_axis_arg(axis, allow_list=True)
     axes = v.canonical_axes(axis, rank)  # the axis as given, for the messages (a list stays a list)
     _require_defined(shape, axes, axis)
@@ -58,10 +61,19 @@ def layer_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
 
 def batch_reduction_for(shape: tuple[Any, ...], axis: v.AxisArg) -> Reduction:
     rank = v.check_rank(shape, 1, "BatchNormalization")
+    v.check_no_empty_dims(shape, "BatchNormalization")
     v.check_axis_arg(axis, allow_list=True)
     axes = v.canonical_axes(axis, rank)  # the axis as given, for the messages (a list stays a list)
     _require_defined(shape, axes, axis)
     return batch_reduction(rank, axes)
+
+
+def _check_operands(x: Tensor, reduction: Reduction, **params: Tensor | None) -> None:
+    """x must be floating point; each of gamma/beta/mean/variance given must have the parameter shape."""
+    v.check_floating("x", x)
+    expected = tuple(int(x.shape[a]) for a in reduction.param_axes)
+    for name, value in params.items():
+        v.check_param_shape(name, value, expected, reduction.param_axes)
 
 
 def _require_defined(shape: tuple[Any, ...], axes: tuple[int, ...], axis: Any) -> None:
@@ -95,6 +107,7 @@ def group_norm(
     """
     x, gamma, beta = _as_tensors(x, gamma, beta)
     reduction = group_reduction_for(tuple(x.shape), groups, axis)
+    _check_operands(x, reduction, gamma=gamma, beta=beta)
     return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
 
 
@@ -122,6 +135,7 @@ def layer_norm(
     """
     x, gamma, beta = _as_tensors(x, gamma, beta)
     reduction = layer_reduction_for(tuple(x.shape), axis)
+    _check_operands(x, reduction, gamma=gamma, beta=beta)
     return normalize_with_batch_statistics(x, reduction, gamma, beta, v.check_epsilon(epsilon))
 
 
@@ -142,6 +156,7 @@ def batch_norm(
     """
     x, mean, variance, gamma, beta = _as_tensors(x, mean, variance, gamma, beta)
     reduction = batch_reduction_for(tuple(x.shape), axis)
+    _check_operands(x, reduction, mean=mean, variance=variance, gamma=gamma, beta=beta)
     epsilon = v.check_epsilon(epsilon)
     if (mean is None) != (variance is None):
         raise ValueError(
@@ -173,9 +188,45 @@ def batch_norm_with_statistics(
 
     x, gamma, beta, mask = _as_tensors(x, gamma, beta, mask)
     reduction = batch_reduction_for(tuple(x.shape), axis)
+    _check_operands(x, reduction, gamma=gamma, beta=beta)
+    v.check_mask_shape(mask, x.shape)
     y, stats = normalize_with_batch_statistics(
         x, reduction, gamma, beta, v.check_epsilon(epsilon), mask=mask, return_statistics=True
     )
     param_shape = tuple(int(x.shape[a]) for a in reduction.param_axes)
     mean, variance = (ops.stop_gradient(ops.reshape(t, param_shape)) for t in (stats.mean, stats.variance))
     return y, Moments(mean, variance)
+
+
+def moments(x: Tensor, axes: v.AxisArg, *, mask: Tensor | None = None, keepdims: bool = True) -> Moments:
+    """Mean and biased variance of floating-point `x` over `axes` (two-pass, in float32 for 16-bit data).
+
+    `axes`: an int or a list of ints (negative allowed). `mask`, if given, has x's rank and broadcasts against
+    it; positions where it is 0 are left out. A reduction over zero elements gives NaN.
+    """
+    x, mask = _as_tensors(x, mask)
+    v.check_floating("x", x)
+    axes = v.check_reduction_axes(axes, len(x.shape))
+    v.check_mask_shape(mask, x.shape)
+    return statistics.moments(x, axes, mask=mask, keepdims=keepdims)
+
+
+def sufficient_statistics(
+    x: Tensor,
+    axes: v.AxisArg,
+    *,
+    shift: Tensor | None = None,
+    mask: Tensor | None = None,
+    keepdims: bool = True,
+) -> SufficientStatistics:
+    """Count, sum of (x - shift) and sum of (x - shift)^2 of floating-point `x` over `axes`.
+
+    They add across devices or sub-batches (`moments_from_sufficient_statistics` combines them). A shift near
+    the mean keeps the sums small, so the variance survives a large offset; without one it is zero.
+    `axes` and `mask` as for `moments`.
+    """
+    x, shift, mask = _as_tensors(x, shift, mask)
+    v.check_floating("x", x)
+    axes = v.check_reduction_axes(axes, len(x.shape))
+    v.check_mask_shape(mask, x.shape)
+    return statistics.sufficient_statistics(x, axes, shift=shift, mask=mask, keepdims=keepdims)

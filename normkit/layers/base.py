@@ -56,6 +56,8 @@ class AffineNormalization(keras.layers.Layer):
     ) -> None:
         super().__init__(**kwargs)
         self.axis = self._store_axis(v.check_axis_arg(axis, allow_list=allow_axis_list), axis)
+        # The argument as given: configs are written with it (a layer may canonicalize `self.axis` at build).
+        self._axis_argument = self._store_axis(self.axis, axis)
         self.epsilon = v.check_epsilon(epsilon)
         self.center = v.check_bool("center", center)
         self.scale = v.check_bool("scale", scale)
@@ -96,17 +98,19 @@ class AffineNormalization(keras.layers.Layer):
                 autocast=False,
             )
 
-    def _to_compute_dtype(self, inputs: Any) -> Any:
-        """A floating input in the compute dtype, as `__call__`'s autocast gives it: `call` and
-        `stateless_call` bypass that autocast, and a float16 input under the float32 policy would otherwise be
-        normalized and returned in float16. Other dtypes pass through unchanged."""
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if dtype != self.compute_dtype and "float" in dtype:
-            return keras.ops.cast(inputs, self.compute_dtype)
-        return inputs
-
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
-        return tuple(input_shape)
+        """The input's shape, after the checks `build` makes (a bad axis, `groups` or rank is a ValueError).
+
+        Creates no weights: as in Keras 3, only `build` (or the first call) does. tf.keras 2's base layer built
+        a layer here; code that relied on that (TensorFlow Addons' examples) should call `build(shape)`.
+        """
+        input_shape = tuple(input_shape)
+        self._reduction_for(input_shape)
+        return input_shape
+
+    def _reduction_for(self, input_shape: tuple[int | None, ...]) -> Any:
+        """Validates an input shape against the layer's arguments and returns the core's `Reduction`."""
+        raise NotImplementedError
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         return mask
@@ -115,7 +119,7 @@ class AffineNormalization(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "axis": self.axis,
+                "axis": self._axis_argument,
                 "epsilon": self.epsilon,
                 "center": self.center,
                 "scale": self.scale,

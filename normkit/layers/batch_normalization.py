@@ -22,7 +22,7 @@ from normkit.core.normalize import (
     param_broadcast_shape,
 )
 from normkit.core.statistics import compute_statistics, reduction_count
-from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, register
+from normkit.layers.base import AffineNormalization, ConstraintArg, InitializerArg, RegularizerArg, _get, register
 from normkit.layers.masks import full_rank_mask
 
 Tensor = Any
@@ -60,6 +60,13 @@ class BatchNormalization(AffineNormalization):
     ValueError (at construction, or at build for the rank and axis). Which backend kernel runs is not
     affected: `fused` only selects these semantics. The forward pass always uses the biased variance, and
     epsilon is used as given (tf.keras 2's kernel raised it to 1.001e-5).
+
+    **`layer.fused`** is resolved as tf.keras 2 resolved it, and is the Bessel rule above: `fused=None`
+    becomes False at construction where the kernel could not run (`renorm`, `virtual_batch_size`,
+    `adjustment`, `synchronized`, an axis other than one of -4, -3, -1, 1, 3, 4, or a compute dtype other than
+    float16/bfloat16/float32), else stays None until build, which sets True for a rank-4 input with axis 1 or
+    3 or a rank-5 one with axis 1 or 4, and False otherwise. `get_config` writes `fused` as it was given
+    (tf.keras 2 wrote no `fused` key), so a config does not depend on the input the layer was built on.
 
     **Batch renormalization** (`renorm=True`, Ioffe 2017) adds three non-trainable weights after
     `moving_mean` and `moving_variance`: `moving_stddev`, `renorm_mean` and `renorm_stddev` (initialized to
@@ -104,7 +111,8 @@ class BatchNormalization(AffineNormalization):
         beta_constraint, gamma_constraint: optional constraints of `beta` and `gamma`.
         renorm: whether to use batch renormalization (see above).
         renorm_clipping: None or a dict with keys among `"rmin"`, `"rmax"`, `"dmax"` (scalars); missing keys do
-            not clip. `rmax >= rmin` and `dmax >= 0` are required. Has no effect without `renorm` (tf.keras 2
+            not clip. Every bound is finite; `rmin >= 0`, `rmax > 0` and `rmax >= rmin` (r is a ratio of
+            standard deviations), `dmax >= 0`. Has no effect without `renorm` (tf.keras 2
             ignored it too) but is kept in the config.
         renorm_momentum: momentum of `renorm_mean`/`renorm_stddev`, in [0, 1].
         fused: None, True or False: which moving-variance semantics tf.keras 2 would have had (see above).
@@ -112,7 +120,8 @@ class BatchNormalization(AffineNormalization):
         virtual_batch_size: None or a positive int, the size of each ghost batch (see above). Cannot be used
             with `adjustment`, nor with a feature axis 0.
         adjustment: None or a callable taking the input's shape (a tuple; dims unknown when tracing are
-            scalar tensors) and returning `(scale, bias)` broadcastable against the input, applied to the
+            scalar tensors) and returning `(scale, bias)` broadcastable against the input (anything else is an
+            error naming `adjustment`, raised when training calls it), applied to the
             normalized values before gamma and beta in training only:
             `y = gamma * (scale * (r * xhat + d) + bias) + beta`. Not serializable: left out of `get_config`
             with a warning, as tf.keras 2 did.
@@ -123,7 +132,10 @@ class BatchNormalization(AffineNormalization):
         **kwargs: base layer arguments (`name`, `dtype`).
 
     Under the mixed policies ("mixed_float16", "mixed_bfloat16") the weights and moving statistics stay
-    float32, statistics are computed in float32 and the output is in the compute dtype.
+    float32, statistics are computed in float32 and the output is in the compute dtype. Integer and bool
+    inputs are cast to the compute dtype (as Keras' layers cast them), complex ones are a TypeError; a
+    non-batch dim of size 0 is a ValueError (at build, and at call for a dim that was unknown at build): the
+    statistics would have no values. A mask must broadcast against the input.
 
     Configs written by tf.keras 2 load: `axis` as a list (`[3]`), no `fused` key, renorm keys and
     `virtual_batch_size` only when set. tf.keras 2 also wrote, for a built layer with `virtual_batch_size`, each
@@ -186,8 +198,10 @@ class BatchNormalization(AffineNormalization):
             **kwargs,
         )
         self.momentum = v.check_fraction("momentum", momentum)
-        self.moving_mean_initializer = initializers.get(moving_mean_initializer)
-        self.moving_variance_initializer = initializers.get(moving_variance_initializer)
+        self.moving_mean_initializer = _get("moving_mean_initializer", moving_mean_initializer, initializers)
+        self.moving_variance_initializer = _get(
+            "moving_variance_initializer", moving_variance_initializer, initializers
+        )
         self.renorm = v.check_bool("renorm", renorm)
         self.renorm_clipping = _check_renorm_clipping(renorm_clipping)
         self.renorm_momentum = v.check_fraction("renorm_momentum", renorm_momentum)
@@ -212,8 +226,14 @@ class BatchNormalization(AffineNormalization):
                 "With `virtual_batch_size`, axis 0 is the batch axis and cannot be a feature axis. Received: "
                 f"axis={self.axis!r}, virtual_batch_size={self.virtual_batch_size}"
             )
+        # `fused` is resolved as tf.keras 2 resolved it: True is checked now (rank and axis at build); None
+        # becomes False now where the kernel could not run, and True or False at build from the rank and axis.
+        # get_config writes the argument as given, so that a config does not depend on the input it was built on.
+        self._fused_argument = fused
         if self.fused:
             self._raise_if_fused_cannot_be_used()
+        elif self.fused is None and self._fused_cannot_be_used_reasons():
+            self.fused = False
         self._reduction: Reduction | None = None
         self._param_shape: tuple[int, ...] | None = None
         self._bessel = False
@@ -223,6 +243,16 @@ class BatchNormalization(AffineNormalization):
 
     def _raise_if_fused_cannot_be_used(self) -> None:
         """fused=True where tf.keras 2's fused kernel could not run is an error (rank and axis: at build)."""
+        reasons = self._fused_cannot_be_used_reasons()
+        if reasons:
+            raise ValueError(
+                "`fused=True` asks for tf.keras 2's fused batch normalization, which cannot be used with "
+                + ", ".join(reasons)
+                + ". Use fused=None (the default) or fused=False. Received: fused=True"
+            )
+
+    def _fused_cannot_be_used_reasons(self) -> list[str]:
+        """Why tf.keras 2's fused kernel could not run, from the constructor arguments alone (empty if it could)."""
         reasons = []
         if self.renorm:
             reasons.append("renorm=True")
@@ -237,16 +267,14 @@ class BatchNormalization(AffineNormalization):
             reasons.append(f"axis={self.axis!r} (it needs one axis: 1 or 3 for rank 4, 1 or 4 for rank 5)")
         if self.compute_dtype not in _FUSED_COMPUTE_DTYPES:
             reasons.append(f"compute dtype {self.compute_dtype} (it needs float16, bfloat16 or float32)")
-        if reasons:
-            raise ValueError(
-                "`fused=True` asks for tf.keras 2's fused batch normalization, which cannot be used with "
-                + ", ".join(reasons)
-                + ". Use fused=None (the default) or fused=False. Received: fused=True"
-            )
+        return reasons
+
+    def _reduction_for(self, input_shape: tuple[int | None, ...]) -> Reduction:
+        return batch_reduction_for(tuple(input_shape), self._axis_argument)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         input_shape = tuple(input_shape)
-        self._reduction = batch_reduction_for(input_shape, self.axis)
+        self._reduction = self._reduction_for(input_shape)
         rank = len(input_shape)
         axes = self._reduction.param_axes
         if self.virtual_batch_size is not None and 0 in axes:
@@ -260,16 +288,11 @@ class BatchNormalization(AffineNormalization):
                 "`fused=True` needs an input of rank 4 with axis 1 or 3, or of rank 5 with axis 1 or 4 (tf.keras "
                 f"2's fused kernel). Received: fused=True, axis={self.axis!r}, input shape {input_shape}"
             )
-        # The Bessel rule (see the class docstring): only static facts, so every backend and every call agree.
-        self._bessel = (
-            self.fused is not False
-            and fused_layout
-            and not self.renorm
-            and self.virtual_batch_size is None
-            and self.adjustment is None
-            and not self.synchronized
-            and self.compute_dtype in _FUSED_COMPUTE_DTYPES
-        )
+        if self.fused is None:
+            self.fused = fused_layout
+        # The Bessel rule (see the class docstring) is the resolved `fused`: only static facts (the constructor's
+        # arguments at construction, the rank and axis here), so every backend and every call agree.
+        self._bessel = bool(self.fused)
         param_shape = tuple(int(input_shape[a]) for a in axes)
         self._param_shape = param_shape
         self.input_spec = keras.layers.InputSpec(ndim=rank, axes={a: int(input_shape[a]) for a in axes})
@@ -295,7 +318,7 @@ class BatchNormalization(AffineNormalization):
     # ------------------------------------------------------------------------------------------------ call
 
     def call(self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None) -> Tensor:
-        inputs = self._to_compute_dtype(inputs)
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         reduction = self._reduction
         if not (training and self.trainable):
             # Inference ignores virtual_batch_size, adjustment and renorm: any batch size works.
@@ -355,7 +378,7 @@ class BatchNormalization(AffineNormalization):
             r, d = self._renorm_correction(batch_mean, batch_variance)
             inner_scale, inner_offset = ops.reshape(r, bshape), ops.reshape(d, bshape)
         if self.adjustment is not None:
-            adj_scale, adj_bias = self.adjustment(_input_shape(inputs))
+            adj_scale, adj_bias = v.check_adjustment_result(self.adjustment(_input_shape(inputs)), inputs.shape)
             adj_scale, adj_bias = ops.cast(adj_scale, dtype), ops.cast(adj_bias, dtype)
             inner_scale, inner_offset = adj_scale * inner_scale, adj_scale * inner_offset + adj_bias
         y = normalize(
@@ -467,7 +490,7 @@ class BatchNormalization(AffineNormalization):
                 "renorm": self.renorm,
                 "renorm_clipping": None if self.renorm_clipping is None else dict(self.renorm_clipping),
                 "renorm_momentum": self.renorm_momentum,
-                "fused": self.fused,
+                "fused": self._fused_argument,
                 "virtual_batch_size": self.virtual_batch_size,
                 "synchronized": self.synchronized,
             }
@@ -555,12 +578,21 @@ def _check_renorm_clipping(clipping: Any) -> dict[str, float] | None:
                 f"`renorm_clipping['{key}']` must be a number. Received: renorm_clipping={clipping!r}"
             )
         checked[key] = number
+    # r is a ratio of standard deviations (> 0) and d a distance in standard deviations: a negative rmax would
+    # flip the output's sign, an infinite rmin make it infinite. rmin = 0 clips nothing (tf.keras 2's value for
+    # a missing rmin) and stays accepted.
+    bounds = {"rmin": ("finite and >= 0", lambda b: b >= 0), "rmax": ("finite and > 0", lambda b: b > 0),
+              "dmax": ("finite and >= 0", lambda b: b >= 0)}
+    for key, number in checked.items():
+        rule, holds = bounds[key]
+        if not math.isfinite(number) or not holds(number):
+            raise ValueError(
+                f"`renorm_clipping['{key}']` must be {rule}. Received: renorm_clipping={clipping!r}"
+            )
     if "rmin" in checked and "rmax" in checked and checked["rmax"] < checked["rmin"]:
         raise ValueError(
             f"`renorm_clipping` needs rmax >= rmin. Received: rmin={checked['rmin']}, rmax={checked['rmax']}"
         )
-    if "dmax" in checked and checked["dmax"] < 0:
-        raise ValueError(f"`renorm_clipping` needs dmax >= 0. Received: dmax={checked['dmax']}")
     return checked
 
 

@@ -135,6 +135,7 @@ class FilterResponseNormalization(keras.layers.Layer):
         )
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         epsilon: Any = self.epsilon
         if self.eps_learned is not None:
             # A scalar tensor: the core lets its gradient through to the variable.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from normkit.core import validation as v
 from normkit.core.functional import group_reduction_for
 from normkit.core.normalize import normalize_with_batch_statistics
@@ -33,7 +35,10 @@ class GroupNormalization(AffineNormalization):
         gamma_constraint: as for any Keras weight.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
-    Input shape: any rank >= 2, the channel dim defined. Output shape: the input's.
+    Input shape: any rank >= 2, the channel dim defined, no other non-batch dim of size 0; once built, inputs
+    must keep the rank and channel count. Integer and bool inputs are cast to the compute dtype (as Keras'
+    normalization layers do), complex ones are a TypeError. Output shape: the input's;
+    `compute_output_shape` checks the shape as `build` does but creates no weights (call `build` for that).
 
     Call arguments:
         inputs: the tensor to normalize.
@@ -87,14 +92,19 @@ class GroupNormalization(AffineNormalization):
         self.groups = v.check_groups_arg(groups)
         self._reduction = None
 
+    def _reduction_for(self, input_shape: tuple[int | None, ...]) -> Any:
+        return group_reduction_for(tuple(input_shape), self.groups, self._axis_argument)
+
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self._reduction = group_reduction_for(tuple(input_shape), self.groups, self.axis)
-        channels = int(input_shape[self._reduction.group_axis])
+        self._reduction = self._reduction_for(input_shape)
+        channel_axis = self._reduction.group_axis
+        channels = int(input_shape[channel_axis])
         self._build_affine((channels,))
-        self.input_spec = None
+        # Later inputs must have this rank and channel count (Keras raises its own clear error otherwise).
+        self.input_spec = keras.InputSpec(ndim=len(input_shape), axes={channel_axis: channels})
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
-        inputs = self._to_compute_dtype(inputs)
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         return normalize_with_batch_statistics(
             inputs, self._reduction, self.gamma, self.beta, self.epsilon, mask=full_rank_mask(mask, inputs)
         )

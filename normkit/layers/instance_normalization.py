@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from normkit.core import validation as v
@@ -21,8 +22,9 @@ class InstanceNormalization(GroupNormalization):
         axis: the channel axis (not the batch axis). -1 for channels-last, 1 for channels-first.
         epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
         beta_constraint, gamma_constraint: as for GroupNormalization.
-        groups: accepted only for loading Addons configs, which stored the channel count here after build;
-            must be -1 or equal the number of channels.
+        groups: ignored, as TensorFlow Addons ignored it (its configs stored the channel count here after
+            build). A positive int or -1; a value other than -1 or the channel count gives a UserWarning
+            naming it at build.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
     Example (the seed tutorial's call):
@@ -66,16 +68,20 @@ class InstanceNormalization(GroupNormalization):
             gamma_constraint=gamma_constraint,
             **kwargs,
         )
-        # Addons rewrote groups=-1 to the channel count at build and saved that; check it at build.
+        # Addons rewrote groups=-1 to the channel count at build and saved that: silent; other values warn at
+        # build, where the channel count is known.
         self._saved_groups = v.check_groups_arg(groups)
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         super().build(input_shape)
         channels = int(input_shape[self._reduction.group_axis])
         if self._saved_groups not in (-1, channels):
-            raise ValueError(
-                "InstanceNormalization uses one group per channel, so `groups` (kept only for loading Addons "
-                f"configs) must be -1 or the channel count {channels}. Received: groups={self._saved_groups}"
+            # TensorFlow Addons warned and ignored `groups` too, so that its users' code keeps running.
+            warnings.warn(
+                f"InstanceNormalization uses one group per channel ({channels} here) and ignores `groups`. "
+                f"Received: groups={self._saved_groups}",
+                UserWarning,
+                stacklevel=2,
             )
 
     def get_config(self) -> dict[str, Any]:

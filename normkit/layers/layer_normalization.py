@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import keras
+
 from normkit.core import validation as v
 from normkit.core.functional import layer_reduction_for
 from normkit.core.normalize import normalize_with_batch_statistics
@@ -25,14 +27,12 @@ class LayerNormalization(AffineNormalization):
         beta_constraint, gamma_constraint: as for GroupNormalization.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
-    Call arguments:
-        inputs: the tensor to normalize.
-        mask: optional; a Keras sequence mask (the input's rank minus one, e.g. from `Masking` or
-            `Embedding(mask_zero=True)`, applied to every feature of a position) or a mask of the input's rank
-            (broadcastable; 0/1 or weights, as tf-keras' GroupNormalization took): masked positions are left out
-            of the statistics, their outputs are still computed, and a statistic with nothing unmasked gives
-            `beta`. The mask propagates to the next layer. With `axis=-1` and a sequence mask each position is
-            its own statistic, so a masked position's output is `beta`.
+    After build, `layer.axis` is the list of non-negative axes (tf.keras 2's form: `[1]` for `axis=-1` on a
+    rank-2 input); `get_config` writes `axis` as it was given, so a config builds on inputs of any rank.
+    Inputs: the `axis` dims defined and no non-batch dim of size 0; once built, the same rank and `axis`
+    dims. Integer and bool inputs are cast to the compute dtype (Keras' LayerNormalization does the same),
+    complex ones are a TypeError. `compute_output_shape` checks the shape as `build` does (an `axis` out of
+    range is a ValueError) and creates no weights.
 
     Example (the seed tutorial's call):
 
@@ -73,12 +73,21 @@ class LayerNormalization(AffineNormalization):
         )
         self._reduction = None
 
+    def _reduction_for(self, input_shape: tuple[int | None, ...]) -> Any:
+        return layer_reduction_for(tuple(input_shape), self._axis_argument)
+
     def build(self, input_shape: tuple[int | None, ...]) -> None:
-        self._reduction = layer_reduction_for(tuple(input_shape), self.axis)
-        self._build_affine(tuple(int(input_shape[a]) for a in self._reduction.param_axes))
+        input_shape = tuple(input_shape)
+        self._reduction = self._reduction_for(input_shape)
+        axes = self._reduction.param_axes
+        self._build_affine(tuple(int(input_shape[a]) for a in axes))
+        # tf.keras 2's `validate_axis`: the axes as a list of non-negative ints, in the order given.
+        given = [self._axis_argument] if isinstance(self._axis_argument, int) else self._axis_argument
+        self.axis = [a % len(input_shape) for a in given]
+        self.input_spec = keras.InputSpec(ndim=len(input_shape), axes={a: int(input_shape[a]) for a in axes})
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
-        inputs = self._to_compute_dtype(inputs)
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         return normalize_with_batch_statistics(
             inputs, self._reduction, self.gamma, self.beta, self.epsilon, mask=full_rank_mask(mask, inputs)
         )

@@ -6,6 +6,8 @@ from typing import Any
 
 from keras import ops
 
+from normkit.core.validation import check_mask_shape
+
 Tensor = Any
 
 
@@ -21,8 +23,9 @@ def full_rank_mask(mask: Tensor | None, inputs: Tensor) -> Tensor | None:
     mask = ops.convert_to_tensor(mask)
     rank = len(inputs.shape)
     if len(mask.shape) == rank - 1:
-        return ops.expand_dims(mask, -1)
+        mask = ops.expand_dims(mask, -1)
     if len(mask.shape) == rank:
+        check_mask_shape(mask, inputs.shape)
         return mask
     raise ValueError(
         f"The mask must have the input's rank ({rank}) or one less ({rank - 1}). Received: a mask of shape "

@@ -84,6 +84,7 @@ class RMSNormalization(AffineNormalization):
         self._build_affine(tuple(int(input_shape[a]) for a in self._reduction.param_axes))
 
     def call(self, inputs: Any, mask: Any = None) -> Any:
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         return normalize_with_batch_statistics(
             inputs,
             self._reduction,

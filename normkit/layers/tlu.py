@@ -95,6 +95,7 @@ class TLU(keras.layers.Layer):
             )
 
     def call(self, inputs: Any) -> Any:
+        inputs = v.layer_input(inputs, self.compute_dtype, self.name)
         # float32 for 16-bit inputs (tau and alpha are float32), then back to the input's dtype.
         dtype = statistics_dtype(inputs.dtype)
         x = ops.cast(inputs, dtype)
