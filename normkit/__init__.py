@@ -6,6 +6,7 @@ and PyTorch.
 """
 
 from normkit import ops
+from normkit.compat import LegacyFileError, custom_objects, load_legacy_model, load_legacy_weights
 from normkit.core import fast as _fast
 from normkit.layers import (
     BatchNormalization,
@@ -23,6 +24,10 @@ __all__ = [
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "LegacyFileError",
     "__version__",
+    "custom_objects",
+    "load_legacy_model",
+    "load_legacy_weights",
     "ops",
 ]

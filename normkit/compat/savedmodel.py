@@ -2,7 +2,8 @@
 
 `keras_metadata.pb` is a small protobuf (`SavedMetadata { repeated SavedObject nodes = 1 }`, each node with
 `node_path = 3` and a JSON `metadata = 5`); it is decoded here without TensorFlow. The variables are read with
-TensorFlow's checkpoint reader (`tf.train.load_checkpoint`), under any Keras backend. Each layer with weights is
+TensorFlow's checkpoint reader (`tf.train.load_checkpoint`), under any Keras backend, found through the
+checkpoint's object graph (a variable reachable by several paths is stored under the first one only). Each layer with weights is
 tracked as `layer_with_weights-K` (K counting the layers with weights in `model.layers` order), nested models one
 level further, and each variable under its attribute name (`gamma`, `kernel`, `cell/kernel`).
 """
@@ -17,7 +18,6 @@ import numpy as np
 
 from normkit.compat.errors import LegacyFileError
 
-_VALUE_SUFFIX = "/.ATTRIBUTES/VARIABLE_VALUE"
 
 
 def is_savedmodel(path: str) -> bool:
@@ -53,7 +53,7 @@ def model_config(path: str) -> dict[str, Any]:
 
 
 def read_variables(path: str) -> dict[str, np.ndarray]:
-    """Checkpoint key (without its `/.ATTRIBUTES/VARIABLE_VALUE` suffix) -> value."""
+    """Object path (`layer_with_weights-0/gamma`) -> value, for every path that leads to a variable."""
     try:
         import tensorflow as tf
     except ImportError:
@@ -63,10 +63,38 @@ def read_variables(path: str) -> dict[str, np.ndarray]:
     prefix = os.path.join(path, "variables", "variables")
     try:
         reader = tf.train.load_checkpoint(prefix)
-        keys = [key for key in reader.get_variable_to_shape_map() if key.endswith(_VALUE_SUFFIX)]
-        return {key[: -len(_VALUE_SUFFIX)]: np.asarray(reader.get_tensor(key)) for key in keys}
+        keys = _object_paths(reader)
+        return {object_path: np.asarray(reader.get_tensor(key)) for object_path, key in keys.items()}
     except (tf.errors.OpError, ValueError) as error:
         raise LegacyFileError(f"{path}: its variables checkpoint cannot be read ({str(error).splitlines()[0]})") from None
+
+
+_SKIPPED_CHILDREN = ("optimizer", "keras_api", "_self_saveable_object_factories", "save_counter")
+
+
+def _object_paths(reader: Any) -> dict[str, str]:
+    """Every object path from the root to a variable (`layer_with_weights-0/layer_with_weights-1/gamma`) -> the
+    checkpoint key its value is stored under (a variable reachable by several paths is stored once)."""
+    from tensorflow.core.protobuf import trackable_object_graph_pb2
+
+    graph = trackable_object_graph_pb2.TrackableObjectGraph()
+    graph.ParseFromString(reader.get_tensor("_CHECKPOINTABLE_OBJECT_GRAPH"))
+    found: dict[str, str] = {}
+
+    def walk(node_id: int, path: str, on_path: frozenset[int]) -> None:
+        node = graph.nodes[node_id]
+        for attribute in node.attributes:
+            if attribute.name == "VARIABLE_VALUE" and path:
+                found[path] = attribute.checkpoint_key
+        if len(on_path) > 8:
+            return
+        for child in node.children:
+            if child.local_name in _SKIPPED_CHILDREN or child.node_id in on_path:
+                continue
+            walk(child.node_id, f"{path}/{child.local_name}" if path else child.local_name, on_path | {child.node_id})
+
+    walk(0, "", frozenset({0}))
+    return found
 
 
 def _varint(data: bytes, index: int) -> tuple[int, int]:
