@@ -6,8 +6,8 @@ Opened read-only with h5py; every h5py/HDF5 failure becomes a LegacyFileError th
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np

@@ -13,7 +13,7 @@ import numpy as np
 from normkit.compat import keras_v2_zip, legacy_h5, savedmodel
 from normkit.compat.errors import LegacyFileError
 from normkit.compat.mapping import ConversionPlan, custom_objects, plan_conversion, require_loadable
-from normkit.compat.weights import assign_layer, owners
+from normkit.compat.weights import assign_all, fit_layer, owners
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 _ZIP_SIGNATURE = b"PK\x03\x04"
@@ -74,7 +74,8 @@ def read_source(path: str) -> LegacySource:
         raise LegacyFileError(f"{path}: not valid model JSON ({error})") from None
     if not isinstance(config, dict) or "class_name" not in config:
         raise LegacyFileError(f"{path}: JSON, but not a model config (no `class_name`)")
-    return LegacySource(path, "json", config)
+    # Keras 2.13-2.15's to_json() writes the `module`/`registered_name` form of their .keras files.
+    return LegacySource(path, "json", keras_v2_zip.to_legacy_config(config))
 
 
 def load_legacy_model(
@@ -138,7 +139,9 @@ def load_legacy_model(
     return model
 
 
-def load_legacy_weights(model: Any, path: str | os.PathLike[str], by_name: bool = False, *, _strict: bool = False) -> None:
+def load_legacy_weights(
+    model: Any, path: str | os.PathLike[str], by_name: bool = False, *, _strict: bool = False
+) -> None:
     """Loads a tf.keras 2 weights file (`model.save_weights("x.h5")`, or a whole-model `.h5`) into a Keras 3 model.
 
     `by_name=False`: the file's layers with weights, in order, go to `model.layers` with weights, in order (the
@@ -196,6 +199,7 @@ def _weighted_layers(model: Any) -> list[Any]:
 
 def _assign_h5(model: Any, group: Any, path: str, *, by_name: bool, strict: bool) -> None:
     owner_of = owners(model)
+    pending: list[Any] = []
     file_layers = [name for name in legacy_h5.layer_names(group) if legacy_h5.layer_weights(group, name)[0]]
     if by_name:
         for layer in _weighted_layers(model):
@@ -204,7 +208,8 @@ def _assign_h5(model: Any, group: Any, path: str, *, by_name: bool, strict: bool
                     raise LegacyFileError(f"{path}: the file has no weights for layer {layer.name!r}")
                 continue
             names, arrays = legacy_h5.layer_weights(group, layer.name)
-            assign_layer(layer, arrays, names, path, owner_of)
+            pending += fit_layer(layer, arrays, names, path, owner_of)
+        assign_all(pending)
         return
     layers = _weighted_layers(model)
     if len(layers) != len(file_layers):
@@ -213,9 +218,10 @@ def _assign_h5(model: Any, group: Any, path: str, *, by_name: bool, strict: bool
             f"has {len(layers)} layer(s) with weights ({', '.join(layer.name for layer in layers)}); "
             "use by_name=True to match them by name"
         )
-    for layer, file_layer in zip(layers, file_layers):
+    for layer, file_layer in zip(layers, file_layers, strict=True):
         names, arrays = legacy_h5.layer_weights(group, file_layer)
-        assign_layer(layer, arrays, names, path, owner_of)
+        pending += fit_layer(layer, arrays, names, path, owner_of)
+    assign_all(pending)
 
 
 def _assign_keras_v2(model: Any, raw_config: dict[str, Any], weights_bytes: bytes, path: str) -> None:
@@ -235,9 +241,11 @@ def _assign_keras_v2(model: Any, raw_config: dict[str, Any], weights_bytes: byte
                     if key not in paths or paths[key] not in handle:
                         raise LegacyFileError(f"{path}: model.weights.h5 has no weights for layer {layer.name!r}")
                     arrays, labels = _collect_vars(handle[paths[key]], paths[key])
-                    assign_layer(layer, arrays, labels, path, owner_of)
+                    pending.extend(fit_layer(layer, arrays, labels, path, owner_of))
 
+            pending: list[Any] = []
             assign(model, ())
+            assign_all(pending)
     except OSError as error:
         raise LegacyFileError(f"{path}: its model.weights.h5 is truncated or corrupt ({_first_line(error)})") from None
 
@@ -285,9 +293,11 @@ def _assign_savedmodel(model: Any, config: dict[str, Any], variables: dict[str, 
                     )
                 arrays.append(attributes[match])
                 labels.append(f"{key}/{match}")
-            assign_layer(layer, arrays, labels, path, owner_of)
+            pending.extend(fit_layer(layer, arrays, labels, path, owner_of))
 
+    pending: list[Any] = []
     assign(model, config, "")
+    assign_all(pending)
 
 
 def _match_attribute(variable: Any, attributes: dict[str, np.ndarray]) -> str | None:

@@ -1,11 +1,12 @@
 """tf.keras 2 SavedModel directories: the model config from `keras_metadata.pb`, variables from the checkpoint.
 
-`keras_metadata.pb` is a small protobuf (`SavedMetadata { repeated SavedObject nodes = 1 }`, each node with
-`node_path = 3` and a JSON `metadata = 5`); it is decoded here without TensorFlow. The variables are read with
-TensorFlow's checkpoint reader (`tf.train.load_checkpoint`), under any Keras backend, found through the
-checkpoint's object graph (a variable reachable by several paths is stored under the first one only). Each layer with weights is
-tracked as `layer_with_weights-K` (K counting the layers with weights in `model.layers` order), nested models one
-level further, and each variable under its attribute name (`gamma`, `kernel`, `cell/kernel`).
+`keras_metadata.pb` is a small protobuf (`SavedMetadata { repeated SavedObject nodes = 1 }`, each node
+with `node_path = 3` and a JSON `metadata = 5`); it is decoded here without TensorFlow. The variables are read
+with TensorFlow's checkpoint reader (`tf.train.load_checkpoint`), under any Keras backend, found through the
+checkpoint's object graph (a variable reachable by several paths is stored under the first one only). Each
+layer with weights is tracked as `layer_with_weights-K` (K counting the layers with weights in `model.layers`
+order), nested models one level further, and each variable under its attribute name (`gamma`, `kernel`,
+`cell/kernel`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from typing import Any
 import numpy as np
 
 from normkit.compat.errors import LegacyFileError
-
 
 
 def is_savedmodel(path: str) -> bool:
@@ -66,7 +66,8 @@ def read_variables(path: str) -> dict[str, np.ndarray]:
         keys = _object_paths(reader)
         return {object_path: np.asarray(reader.get_tensor(key)) for object_path, key in keys.items()}
     except (tf.errors.OpError, ValueError) as error:
-        raise LegacyFileError(f"{path}: its variables checkpoint cannot be read ({str(error).splitlines()[0]})") from None
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise LegacyFileError(f"{path}: its variables checkpoint cannot be read ({message})") from None
 
 
 _SKIPPED_CHILDREN = ("optimizer", "keras_api", "_self_saveable_object_factories", "save_counter")

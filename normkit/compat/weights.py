@@ -38,19 +38,29 @@ def owners(model: Any) -> dict[int, Any]:
     return found
 
 
-def assign_layer(layer: Any, arrays: Sequence[np.ndarray], names: Sequence[str], source: str, owner_of: dict) -> None:
-    """Assigns `arrays` (tf.keras 2 order) to `layer`'s variables; errors name the layer and both shapes."""
+def fit_layer(
+    layer: Any, arrays: Sequence[np.ndarray], names: Sequence[str], source: str, owner_of: dict
+) -> list[tuple[Any, np.ndarray]]:
+    """Pairs `layer`'s variables with `arrays` (tf.keras 2 order), fitted to their shapes; assigns nothing.
+
+    Errors name the layer and both shapes. Callers fit every layer first and then `assign_all`, so that a file
+    that does not fit leaves the model as it was.
+    """
     variables = legacy_order(layer)
     if len(variables) != len(arrays):
         raise LegacyFileError(
             f"{source}: layer {layer.name!r} has {len(variables)} weight(s) in the model "
             f"({', '.join(_describe(v) for v in variables) or 'none'}) but {len(arrays)} in the file "
-            f"({', '.join(f'{n} {tuple(a.shape)}' for n, a in zip(names, arrays)) or 'none'})"
+            f"({', '.join(f'{n} {tuple(a.shape)}' for n, a in zip(names, arrays, strict=True)) or 'none'})"
         )
     pending = []
-    for variable, array, name in zip(variables, arrays, names):
+    for variable, array, name in zip(variables, arrays, names, strict=True):
         pending.append((variable, fit(variable, np.asarray(array), layer, name, source, owner_of)))
-    for variable, value in pending:  # nothing assigned unless every weight fits
+    return pending
+
+
+def assign_all(pending: Sequence[tuple[Any, np.ndarray]]) -> None:
+    for variable, value in pending:
         variable.assign(value)
 
 

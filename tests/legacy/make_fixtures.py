@@ -328,7 +328,7 @@ def main() -> int:
     bad: list[dict] = []
     _write_bad_files(bad)
     document = {
-        "written_by": {"tensorflow": tf.__version__, "keras": tf.keras.__version__ if hasattr(tf.keras, "__version__") else _keras_version(), "tensorflow_addons": tfa.__version__},
+        "written_by": {"tensorflow": tf.__version__, "keras": _keras_version(), "tensorflow_addons": tfa.__version__},
         "fixtures": manifest,
         "bad_files": bad,
     }
