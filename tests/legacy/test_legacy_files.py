@@ -37,7 +37,7 @@ def _skip_unless_available(fixture: dict) -> None:
 
 
 def _assert_close(actual, expected, tolerance: dict, what: str) -> float:
-    actual = np.asarray(actual, dtype="float64")
+    actual = np.asarray(keras.ops.convert_to_numpy(actual), dtype="float64")
     expected = np.asarray(expected, dtype="float64")
     assert actual.shape == expected.shape, what
     bound = tolerance["atol"] + tolerance["rtol"] * np.abs(expected)
