@@ -11,8 +11,6 @@ import argparse
 import os
 from typing import Any
 
-import numpy as np
-
 from normkit.cli.errors import FAILURE, CLIError, usage_error
 
 CHECK_TOLERANCE = 1e-5  # max |difference| --check accepts between the legacy model and the reloaded file
@@ -76,6 +74,8 @@ def run_convert(args: argparse.Namespace) -> int:
 def check_conversion(legacy: Any, converted: Any, seed: int = 0) -> float:
     """Max |difference| between the two models' predictions on one random batch (float inputs N(0, 1); integer
     inputs, e.g. token ids, 0 and 1, which every Embedding accepts)."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     batch = []
     for tensor in legacy.inputs:
@@ -94,7 +94,7 @@ def check_conversion(legacy: Any, converted: Any, seed: int = 0) -> float:
     return max(differences, default=0.0)
 
 
-def _predict(model: Any, x: Any) -> list[np.ndarray]:
+def _predict(model: Any, x: Any) -> list[Any]:
     # A direct inference call computes what predict() does, without compiling a predict function for one batch.
     import keras
 

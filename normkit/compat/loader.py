@@ -135,13 +135,11 @@ def load_legacy_model(
     else:  # json
         if weights is None:
             raise LegacyFileError(f"{path}: a model config JSON holds no weights: pass weights='...h5'")
-        load_legacy_weights(model, weights, by_name=True, _strict=True)
+        _load_weights_file(model, os.fspath(weights), by_name=True, strict=True)
     return model
 
 
-def load_legacy_weights(
-    model: Any, path: str | os.PathLike[str], by_name: bool = False, *, _strict: bool = False
-) -> None:
+def load_legacy_weights(model: Any, path: str | os.PathLike[str], by_name: bool = False) -> None:
     """Loads a tf.keras 2 weights file (`model.save_weights("x.h5")`, or a whole-model `.h5`) into a Keras 3 model.
 
     `by_name=False`: the file's layers with weights, in order, go to `model.layers` with weights, in order (the
@@ -149,11 +147,15 @@ def load_legacy_weights(
     file does not have are left as they are. Shapes must agree (normalization layers' tf.keras 2 broadcast shapes
     are reshaped); otherwise a LegacyFileError names the layer and both shapes, and nothing is assigned to it.
     """
-    path = os.fspath(path)
+    _load_weights_file(model, os.fspath(path), by_name=by_name, strict=False)
+
+
+def _load_weights_file(model: Any, path: str, *, by_name: bool, strict: bool) -> None:
+    """`strict`: every layer of the model with weights must be in the file (a model and its own weights)."""
     if detect(path) != "h5":
         raise LegacyFileError(f"{path}: load_legacy_weights reads HDF5 weights files (.h5) only")
     with legacy_h5.open_h5(path) as handle:
-        _assign_h5(model, legacy_h5.weights_group(handle, path), path, by_name=by_name, strict=_strict)
+        _assign_h5(model, legacy_h5.weights_group(handle, path), path, by_name=by_name, strict=strict)
 
 
 def build_model(config: dict[str, Any], user_objects: dict[str, Any] | None, path: str) -> Any:
