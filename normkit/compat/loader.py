@@ -119,6 +119,8 @@ def load_legacy_model(
             f"{path}: a weights-only file (no model config): build the model in Keras 3 and call "
             "normkit.load_legacy_weights(model, path)"
         )
+    # A SavedModel's variables first: without TensorFlow that fails before anything is built.
+    variables = savedmodel.read_variables(path) if source.format == "savedmodel" else None
     model = build_model(source.config, custom_objects, path)
     if source.format == "h5":
         with legacy_h5.open_h5(path) as handle:
@@ -126,7 +128,7 @@ def load_legacy_model(
             if compile:
                 _compile(model, legacy_h5.training_config(handle), custom_objects, path)
     elif source.format == "savedmodel":
-        _assign_savedmodel(model, source.config, savedmodel.read_variables(path), path)
+        _assign_savedmodel(model, source.config, variables or {}, path)
     elif source.format == "keras_v2":
         _, _, weights_bytes = keras_v2_zip.read_zip(path)
         if weights_bytes is None:

@@ -238,3 +238,11 @@ def test_convert_check_writes_a_native_file(tmp_path, capsys):
     reloaded = keras.saving.load_model(new)
     _assert_close(reloaded.predict(expected["x"], verbose=0), expected["predict"], {"atol": 1e-5, "rtol": 1e-4}, "")
     assert main(["convert", str(FIXTURES / "layer_norm_axes.h5"), str(tmp_path / "new.h5")]) == 2
+
+
+def test_savedmodel_without_tensorflow_says_how_to_install_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # `import tensorflow` now raises ImportError
+    with pytest.raises(LegacyFileError, match=r'pip install "normkit\[tensorflow\]"'):
+        load_legacy_model(FIXTURES / "sequential_bn.savedmodel")
