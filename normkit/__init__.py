@@ -6,6 +6,7 @@ and PyTorch.
 """
 
 from normkit import ops
+from normkit.compat import LegacyFileError, custom_objects, load_legacy_model, load_legacy_weights
 from normkit.core import fast as _fast
 from normkit.distributed import synchronize
 from normkit.layers import (
@@ -29,8 +30,12 @@ __all__ = [
     "GroupNormalization",
     "InstanceNormalization",
     "LayerNormalization",
+    "LegacyFileError",
     "RMSNormalization",
     "__version__",
+    "custom_objects",
+    "load_legacy_model",
+    "load_legacy_weights",
     "ops",
     "synchronize",
 ]

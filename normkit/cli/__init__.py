@@ -2,6 +2,8 @@
 
     normkit compare   trains the seed tutorial's model once per (normalization, batch size, seed) and compares them
     normkit diagram   draws which elements of an N x C x (H, W) input share one mean and variance
+    normkit convert   converts a tf.keras 2 / Addons model file to a Keras 3 .keras file (docs/legacy-files.md)
+    normkit inspect   lists a legacy model file's layers and what each maps to
 
 Keras fixes its backend when it is first imported, so this module imports neither keras nor normkit's layers
 until a command runs: `--backend` sets KERAS_BACKEND before that import (and when keras is already imported with
@@ -31,16 +33,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from normkit.cli import options
+    from normkit.cli import legacy, options
 
     parser = _Parser(
         prog="normkit",
         description="Normalization layers for Keras 3: compare them on the seed tutorial's model, or draw them.",
     )
     parser.add_argument("--version", action="store_true", help="print normkit's version and exit")
-    commands = parser.add_subparsers(dest="command", metavar="{compare,diagram}", parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", metavar="{compare,diagram,convert,inspect}", parser_class=_Parser)
     options.add_compare_parser(commands)
     options.add_diagram_parser(commands)
+    legacy.add_convert_parser(commands)
+    legacy.add_inspect_parser(commands)
     return parser
 
 
@@ -68,6 +72,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             from normkit.cli.compare import run_compare
 
             return run_compare(args, argv)
+        if args.command in ("convert", "inspect"):
+            from normkit.cli.legacy import run_convert, run_inspect
+
+            return run_convert(args) if args.command == "convert" else run_inspect(args)
         from normkit.cli.diagram import run_diagram
 
         return run_diagram(args)
