@@ -6,6 +6,7 @@ and PyTorch.
 """
 
 from normkit import ops
+from normkit._version import __version__
 from normkit.core import fast as _fast
 from normkit.layers import (
     BatchNormalization,
@@ -13,8 +14,6 @@ from normkit.layers import (
     InstanceNormalization,
     LayerNormalization,
 )
-
-__version__ = "0.1.0"
 
 _fast.load_active_backend()
 

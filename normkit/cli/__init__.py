@@ -5,7 +5,9 @@
 
 Keras fixes its backend when it is first imported, so this module imports neither keras nor normkit's layers
 until a command runs: `--backend` sets KERAS_BACKEND before that import (and when keras is already imported with
-another backend, as inside a test process, the command is re-run in a fresh `python -m normkit` process).
+another backend, as inside a test process, the command is re-run in a fresh `python -m normkit` process). The
+console command's launcher (`_normkit_console`) defers the package's own `__init__`, which imports Keras, so that
+`normkit --help` and `normkit --version` answer at once; `finish_importing_normkit` runs it before a command.
 See docs/compare.md.
 """
 
@@ -53,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from normkit import __version__
+            from normkit._version import __version__
 
             print(f"normkit {__version__}")
             return 0
@@ -64,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rerun = _select_backend(getattr(args, "backend", None), argv)
         if rerun is not None:
             return rerun
+        finish_importing_normkit()
         if args.command == "compare":
             from normkit.cli.compare import run_compare
 
@@ -83,6 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # e.g. a full disk while writing results: still one line, not a traceback
         print(f"{prog}: error: {error}", file=sys.stderr)
         return FAILURE
+
+
+def finish_importing_normkit() -> None:
+    """Runs normkit's `__init__` (Keras, the backend, the layers' registration) if the launcher deferred it."""
+    package = sys.modules["normkit"]
+    if package.__dict__.pop("_init_deferred", False):
+        package.__spec__.loader.exec_module(package)
 
 
 def _select_backend(backend: str | None, argv: list[str]) -> int | None:
