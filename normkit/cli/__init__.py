@@ -20,6 +20,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from normkit.cli.backend_logs import filtered_backend_logs
 from normkit.cli.errors import FAILURE, INTERRUPTED, USAGE, CLIError
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -48,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line `argv` (default: sys.argv[1:]) and returns the exit status."""
+    with filtered_backend_logs():  # TensorFlow's C++ start-up lines are not for users (normkit/cli/backend_logs.py)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up logs are not for users
     parser = build_parser()
