@@ -19,7 +19,8 @@ class InstanceNormalization(GroupNormalization):
 
     Args:
         axis: the channel axis (not the batch axis). -1 for channels-last, 1 for channels-first.
-        epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
+        epsilon, center, scale: as for GroupNormalization.
+        beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer: as for GroupNormalization.
         beta_constraint, gamma_constraint: as for GroupNormalization.
         groups: accepted only for loading Addons configs, which stored the channel count here after build;
             must be -1 or equal the number of channels.
