@@ -35,13 +35,14 @@ echo "--- a fresh virtualenv: keras, jax[cpu], then the wheel with --no-deps"
 python_bin=$(.venv/bin/python -c "import sys; print(sys._base_executable)")
 "$python_bin" -m venv "$work/venv"
 pip=("$work/venv/bin/python" -m pip install -q --disable-pip-version-check)
-"${pip[@]}" keras "jax[cpu]"
-"${pip[@]}" --no-deps "$wheel"
+"${pip[@]}" keras "jax[cpu]" 2> "$work/pip.log" || { cat "$work/pip.log"; exit 1; }
+"${pip[@]}" --no-deps "$wheel" 2> "$work/pip.log" || { cat "$work/pip.log"; exit 1; }
+"$work/venv/bin/python" -m pip list --disable-pip-version-check 2> /dev/null | grep -iE "^(normkit|keras|jax|jaxlib) "
 
 echo "--- smoke test from $work/outside (not the checkout)"
 mkdir "$work/outside"
 cd "$work/outside"
-export TF_CPP_MIN_LOG_LEVEL=2
+export TF_CPP_MIN_LOG_LEVEL=2 KERAS_BACKEND=jax  # the backend this virtualenv has (Keras' default is tensorflow)
 "$work/venv/bin/python" - <<'PY'
 import importlib.util, os, subprocess, sys
 
