@@ -7,7 +7,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh "jax,tensorflow,torch,compare,docs,test" || exit 1
 export TF_CPP_MIN_LOG_LEVEL=2 PYTHONDONTWRITEBYTECODE=1 MPLBACKEND=Agg
-.venv/bin/python -m ruff check normkit tests || exit 1
+.venv/bin/python -m ruff check normkit tests _normkit_console.py || exit 1
 reports=$(mktemp -d)
 status=0
 for backend in ${NORMKIT_BACKENDS:-jax tensorflow torch}; do
