@@ -6,6 +6,7 @@ and PyTorch.
 """
 
 from normkit import ops
+from normkit._version import __version__
 from normkit.compat import LegacyFileError, custom_objects, load_legacy_model, load_legacy_weights
 from normkit.core import fast as _fast
 from normkit.distributed import synchronize
@@ -18,8 +19,6 @@ from normkit.layers import (
     LayerNormalization,
     RMSNormalization,
 )
-
-__version__ = "0.1.0"
 
 _fast.load_active_backend()
 

@@ -1,4 +1,4 @@
-"""An independent float64 NumPy reference for normkit's normalizations, written from SPEC.md's formulas.
+"""An independent float64 NumPy reference for normkit's normalizations, written from docs/behaviour.md's formulas.
 
     y = gamma * (x - mean) / sqrt(var + epsilon) + beta     (biased variance, epsilon inside the sqrt)
 

@@ -1,4 +1,5 @@
-"""An independent float64 NumPy reference of tf.keras 2 batch normalization (SPEC section 5).
+"""An independent float64 NumPy reference of tf.keras 2 batch normalization (docs/behaviour.md,
+"BatchNormalization").
 
 Written from the specification, not from normkit's code: training and inference outputs, the analytic
 gradients of `sum(dy * y)` with respect to x, gamma and beta, and the moving-statistic updates, for plain

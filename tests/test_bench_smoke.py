@@ -95,7 +95,7 @@ def test_headlines_state_the_speedup_and_what_the_target_asks_of_native():
     ]
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in bench.headlines(rows).splitlines()[4:]]
     assert len(cells) == 2
-    jax_gn, tf_bn = cells  # the order: JAX GroupNorm first
+    jax_gn, tf_bn = cells  # the headline order: JAX GroupNorm first
     assert jax_gn[2:8] == ["fwd", "7.00 ms", "42.00 ms", "6.0x", "5x: met", "8.40 ms"]
     assert tf_bn[2:] == ["f+b", "10.00 ms", "23.00 ms", "2.3x", "4x: not met", "5.75 ms", "9.20 ms (native)",
                          "2.5x", "3.50 ms"]  # fmt: skip

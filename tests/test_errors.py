@@ -1,4 +1,5 @@
-"""Argument errors (SPEC sections 2-4): raised at construction or build, naming the argument and the value."""
+"""Argument errors (docs/behaviour.md, "Arguments" and each layer's section): raised at construction or build,
+naming the argument and the value."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Numerics (SPEC section 1): 16-bit inputs, large offsets, constant inputs, NaN, dtype policies."""
+"""Numerics (docs/behaviour.md, "Numerics"): 16-bit inputs, large offsets, constant inputs, NaN, dtype policies."""
 
 from __future__ import annotations
 

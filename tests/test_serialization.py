@@ -1,4 +1,5 @@
-"""Serialization (SPEC section 7): configs, .keras files, registered names, tf.keras 2 / Addons configs."""
+"""Serialization (docs/behaviour.md, "Saving and loading"): configs, .keras files, registered names, tf.keras 2 /
+Addons configs."""
 
 from __future__ import annotations
 

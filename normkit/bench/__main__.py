@@ -138,7 +138,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-# The ratio targets: no slower than the Keras built-in, within 1.25x of the best native op.
+# The ratio targets: no slower than the Keras built-in, within 1.25x of the best native op.
 KERAS_TARGET = 1.0
 NATIVE_TARGET = 1.25
 
@@ -163,7 +163,7 @@ def target_misses(rows: list[dict[str, Any]]) -> str:
     return "\n".join([head, *misses])
 
 
-# The headline speedups over the built-in: (backend, case, mode, factor).
+# The headline speedups over the built-in: (backend, case, mode, factor).
 HEADLINES = (
     ("jax", "gn_32x56x56x64", "fwd", 5.0),
     ("torch", "gn_32x56x56x64", "fwd", 5.0),
@@ -195,7 +195,7 @@ def headlines(rows: list[dict[str, Any]]) -> str:
             ]) + " |")  # fmt: skip
     if not lines:
         return ""
-    head = ["Headline speedups (the issue's cases):", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    head = ["Headline speedups (headline cases):", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     return "\n".join(head + lines)
 
 

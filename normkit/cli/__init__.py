@@ -7,7 +7,9 @@
 
 Keras fixes its backend when it is first imported, so this module imports neither keras nor normkit's layers
 until a command runs: `--backend` sets KERAS_BACKEND before that import (and when keras is already imported with
-another backend, as inside a test process, the command is re-run in a fresh `python -m normkit` process).
+another backend, as inside a test process, the command is re-run in a fresh `python -m normkit` process). The
+console command's launcher (`_normkit_console`) defers the package's own `__init__`, which imports Keras, so that
+`normkit --help` and `normkit --version` answer at once; `finish_importing_normkit` runs it before a command.
 See docs/compare.md.
 """
 
@@ -20,6 +22,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from normkit.cli.backend_logs import filtered_backend_logs
 from normkit.cli.errors import FAILURE, INTERRUPTED, USAGE, CLIError
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -50,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the command line `argv` (default: sys.argv[1:]) and returns the exit status."""
+    with filtered_backend_logs():  # TensorFlow's C++ start-up lines are not for users (normkit/cli/backend_logs.py)
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up logs are not for users
     parser = build_parser()
@@ -57,7 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.version:
-            from normkit import __version__
+            from normkit._version import __version__
 
             print(f"normkit {__version__}")
             return 0
@@ -68,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rerun = _select_backend(getattr(args, "backend", None), argv)
         if rerun is not None:
             return rerun
+        finish_importing_normkit()
         if args.command == "compare":
             from normkit.cli.compare import run_compare
 
@@ -91,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # e.g. a full disk while writing results: still one line, not a traceback
         print(f"{prog}: error: {error}", file=sys.stderr)
         return FAILURE
+
+
+def finish_importing_normkit() -> None:
+    """Runs normkit's `__init__` (Keras, the backend, the layers' registration) if the launcher deferred it."""
+    package = sys.modules["normkit"]
+    if package.__dict__.pop("_init_deferred", False):
+        package.__spec__.loader.exec_module(package)
 
 
 def _select_backend(backend: str | None, argv: list[str]) -> int | None:

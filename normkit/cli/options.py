@@ -42,7 +42,7 @@ SEED_TUTORIAL: dict[str, Any] = {
     "last_batch": "keep",
     "train_on": "test",
 }
-# The accuracies the rendered seed page (seeds/001) prints after its one epoch.
+# The accuracies the TensorFlow Addons Normalizations tutorial prints after its one epoch.
 SEED_PAGE_ACCURACY = {"group": 0.7722, "instance": 0.7194, "layer": 0.8049}
 
 

@@ -305,7 +305,7 @@ def _markdown(
         parts += [
             "## Against the seed page",
             "",
-            "The seed page (seeds/001) trains each model once for one epoch on the 10,000 MNIST test images at "
+            "The Addons Normalizations tutorial trains each model for one epoch on the 10,000 MNIST test images at "
             "batch 32 and prints accuracy group 0.7722, instance 0.7194, layer 0.8049: Keras's running training "
             "accuracy over that epoch, so compare it with the train acc column. The test acc column here is measured "
             "on the 60,000 training images, which these models never saw.",

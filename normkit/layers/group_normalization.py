@@ -31,8 +31,8 @@ class GroupNormalization(AffineNormalization):
         epsilon: added to the variance inside the square root.
         center: if True, add the learned offset `beta`.
         scale: if True, multiply by the learned scale `gamma`.
-        beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer, beta_constraint,
-        gamma_constraint: as for any Keras weight.
+        beta_initializer, gamma_initializer: initializers of `beta` and `gamma`.
+        beta_regularizer, gamma_regularizer, beta_constraint, gamma_constraint: as for any Keras weight.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
     Input shape: any rank >= 2, the channel dim defined, no other non-batch dim of size 0; once built, inputs

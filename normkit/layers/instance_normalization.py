@@ -20,7 +20,8 @@ class InstanceNormalization(GroupNormalization):
 
     Args:
         axis: the channel axis (not the batch axis). -1 for channels-last, 1 for channels-first.
-        epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
+        epsilon, center, scale: as for GroupNormalization.
+        beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer: as for GroupNormalization.
         beta_constraint, gamma_constraint: as for GroupNormalization.
         groups: ignored, as TensorFlow Addons ignored it (its configs stored the channel count here after
             build). A positive int or -1; a value other than -1 or the channel count gives a UserWarning

@@ -23,7 +23,8 @@ class LayerNormalization(AffineNormalization):
     Args:
         axis: an int or a list/tuple of ints, the axes to normalize over, e.g. -1 (features) or [1, 2, 3]
             (height, width and channels of an NHWC image). No duplicates.
-        epsilon, center, scale, beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer,
+        epsilon, center, scale: as for GroupNormalization.
+        beta_initializer, gamma_initializer, beta_regularizer, gamma_regularizer: as for GroupNormalization.
         beta_constraint, gamma_constraint: as for GroupNormalization.
         **kwargs: base layer arguments (`name`, `dtype`, `trainable`).
 
