@@ -99,17 +99,30 @@ def allowed(row: dict[str, Any]) -> bool:
 # Which kernel runs depends on the layer, its affine terms and its layout together, and on the backend, dtype and
 # fast-path setting: the full product of the first three, at the configuration most users run (float32, fast
 # paths on, the backend's usual mode, `layer(x)`, rank 4 so that all three channel positions exist), comes first.
-# Then every pair of factor values, and every combination of (layer, data, mode): whether the statistics keep
-# their digits depends on the layer, the data's offset and the compiler together.
 USUAL_MODE = {"jax": "jit", "tensorflow": "eager", "torch": "eager"}[BACKEND]
 USUAL = [
     {"layer": layer, "affine": affine, "channel": channel, "rank": 4, "policy": "float32", "input": "float32",
      "data": "offset3", "training": True, "fast": True, "mode": USUAL_MODE, "call": "layer"}
     for layer in FACTORS["layer"] for affine in FACTORS["affine"] for channel in FACTORS["channel"]
 ]
-TRIPLES = [("layer", "data", "mode")]
+# A compiler rewrites arithmetic (XLA turns `sum / count` into a multiply by a reciprocal inside some fusions),
+# and whether that costs the shifted statistics their exactness depends on the fusion, so on the shape: every
+# layer at every rank under every compiled mode, at the large offset (channel position and fast paths varied).
+LARGE_OFFSET = [
+    {"layer": layer, "affine": "center_scale", "channel": channel, "rank": rank, "policy": "float32",
+     "input": "float32", "data": "offset1e4", "training": True, "fast": (i + rank) % 2 == 0, "mode": mode,
+     "call": "stateless" if mode == "jit" else "layer"}
+    for i, layer in enumerate(FACTORS["layer"])
+    for rank in FACTORS["rank"]
+    for mode in COMPILED
+    for channel in [["first", "last", "middle"][(i + rank) % (3 if rank >= 4 else 2)]]
+    if allowed({"layer": layer, "rank": rank})
+]
+# Then every pair of factor values, and every combination of (layer, data, mode): whether the statistics keep
+# their digits depends on the layer, the data's offset and the compiler together.
+TRIPLES = [("layer", "data", "mode"), ("layer", "data", "policy")]
 
-ROWS = covering_design(FACTORS, allowed, TRIPLES, initial=USUAL)
+ROWS = covering_design(FACTORS, allowed, TRIPLES, initial=USUAL + LARGE_OFFSET)
 
 # torch.compile costs seconds a row: three hand-picked rows, each compiled path in a different configuration.
 if BACKEND == "torch":
@@ -409,6 +422,10 @@ TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 2e-2}
 def tolerances(row: dict[str, Any]) -> dict[str, float]:
     compute = compute_dtype(row["policy"])
     base = TOLERANCE[compute]
+    if row["layer"] == "batch_renorm" and row["data"] == "offset1e4":
+        # d = (batch mean - renorm mean) / renorm stddev: a float32 batch mean near 1e4 is a multiple of
+        # 2^-10 ~ 1e-3, so every float32 implementation's d (and y, dgamma) is that far off float64's.
+        base = 1e-3
     # dx comes back in the input's dtype: rounded to it at the end.
     return {"y": base, "dx": max(base, TOLERANCE[row["input"]]), "dgamma": base, "dbeta": base,
             "state": 1e-5 if compute == "float32" else 1e-4}
