@@ -4,6 +4,9 @@
   tf.function(jit_compile=True)), loses the exactness of its shifted statistics: at 1e4 + N(0, 1) it is 2e-3 off
   a float64 reference (eager: 1e-7), and a constant input no longer gives beta. On TensorFlow this happens only
   with XLA (a plain tf.function graph is exact); torch has no XLA and is checked eagerly.
+- BatchNormalization under mixed_float16 in training, TensorFlow fast path under XLA: a constant batch of -6e4
+  gives NaN outputs and a moving variance of -69.5 (the batch variance of a constant is 0; at -6e3 it came out
+  1.07); eager and plain-graph TensorFlow, and XLA with the fast paths off, are exact.
 - Channels-first group / instance normalization with a beta and no gamma: the torch backward pass raised
   "tensor does not have a device", under the float32 and the mixed_float16 policies alike.
 """
@@ -52,6 +55,21 @@ def test_ghost_batches_compiled_keep_the_shifted_statistics_exact(data: str) -> 
     ghost = x.astype(np.float64).reshape(3, 2, 6)
     want = ((ghost - ghost.mean(axis=0)) / np.sqrt(ghost.var(axis=0) + 1e-3)).reshape(6, 6)
     np.testing.assert_allclose(y, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("constant", [-6e4, -6e3])
+def test_batch_norm_16bit_constant_compiled_has_zero_variance(constant: float) -> None:
+    x = np.full((6, 6), constant, "float32")
+    layer = normkit.BatchNormalization(dtype="mixed_float16", momentum=0.7)
+    layer.build(x.shape)
+    y = compiled_training_call(layer, x)
+    np.testing.assert_allclose(y, 0.0, atol=1e-2)  # beta
+    moving_variance = np.asarray(keras.ops.convert_to_numpy(layer.moving_variance), np.float64)
+    moving_mean = np.asarray(keras.ops.convert_to_numpy(layer.moving_mean), np.float64)
+    if BACKEND == "jax":  # the stateless call left the variables as they were
+        return
+    np.testing.assert_allclose(moving_variance, 0.7 * 1.0 + 0.3 * 0.0, rtol=1e-4)
+    np.testing.assert_allclose(moving_mean, 0.3 * constant, rtol=1e-4)
 
 
 def gradients(layer: keras.layers.Layer, x: np.ndarray, dy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
