@@ -157,6 +157,7 @@ def _capture(monkeypatch: pytest.MonkeyPatch) -> list:
     def save(fig, path):
         fig.canvas.draw()
         figures.append(fig)
+        _legend_outside(fig, fig.canvas.get_renderer())  # while the figure is still open
         return real_save(fig, path)
 
     monkeypatch.setattr(plots, "_save", save)
@@ -202,12 +203,10 @@ def test_training_curves_against_images_seen(epochs: int, tmp_path: Path, monkey
             assert len(line.get_xdata()) > 1 if ax.get_ylabel() != "test error (%)" else len(line.get_xdata()) == 3
     loss_panel = panels[0]
     assert max(loss_panel.lines[0].get_xdata()) == epochs * 40 * 2  # x is images seen (batch 2: 80 per epoch)
-    _legend_outside(fig)
 
 
-def _legend_outside(fig) -> None:
+def _legend_outside(fig, renderer) -> None:
     """No legend box overlaps an axes' data area."""
-    renderer = fig.canvas.get_renderer()
     legends = [*fig.legends, *(ax.get_legend() for ax in fig.axes if ax.get_legend() is not None)]
     assert legends
     for legend in legends:
@@ -231,7 +230,6 @@ def test_batch_size_figure_in_error_percent(tmp_path: Path, monkeypatch: pytest.
     assert np.allclose(batch_line.get_ydata(), [30.0, 12.0, 10.0])
     left, right = ax.get_xlim()
     assert left > right  # largest batch on the left, as Wu & He drew it
-    _legend_outside(fig)
 
 
 def test_backend_all_helpers(tmp_path: Path) -> None:

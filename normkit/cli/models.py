@@ -121,13 +121,15 @@ def norm_layers(network: Any) -> list[Any]:
     return [layer for layer in network.layers if isinstance(layer, kinds)]
 
 
-def moving_statistics_check(network: Any, images: np.ndarray, steps: int) -> list[dict[str, Any]]:
+def moving_statistics_check(network: Any, images: np.ndarray | None, steps: int) -> list[dict[str, Any]]:
     """For each batch norm layer: its moving mean and variance against the statistics of its input over
     `images` (inference mode: what the moving statistics should estimate), per channel c:
 
         mean_error = mean_c |moving_mean_c - mu_c| / sqrt(var_c + eps)     (in the data's standard deviations)
         variance_ratio = exp(mean_c |log((moving_variance_c + eps) / (var_c + eps))|)   (1 = exact; 2 = off x2)
         initial_share = momentum ** steps  (the weight the initial values 0 and 1 still have)
+
+    With `images` None only initial_share is given (the data pass costs a compiled forward pass per model).
     """
     import keras
 
@@ -136,6 +138,11 @@ def moving_statistics_check(network: Any, images: np.ndarray, steps: int) -> lis
     layers = [layer for layer in norm_layers(network) if isinstance(layer, normkit.BatchNormalization)]
     if not layers:
         return []
+    if images is None:
+        return [
+            {"layer": i, "initial_share": float(float(layer.momentum) ** steps), "momentum": float(layer.momentum)}
+            for i, layer in enumerate(layers)
+        ]
     probe = keras.Model(inputs=network.inputs, outputs=[layer.input for layer in layers])
     outputs = probe.predict(images, batch_size=min(len(images), 500), verbose=0)
     if not isinstance(outputs, (list, tuple)):
@@ -162,6 +169,7 @@ def moving_statistics_check(network: Any, images: np.ndarray, steps: int) -> lis
 
 def worst(check: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The layer whose moving statistics are furthest from the data's."""
+    check = [c for c in check if "mean_error" in c]
     if not check:
         return None
     return max(check, key=lambda c: c["mean_error"] + abs(math.log(c["variance_ratio"])))

@@ -164,7 +164,7 @@ def moving_statistics_lines(records: Sequence[dict[str, Any]]) -> list[str]:
 
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for r in records:
-        if r.get("moving_statistics"):
+        if models.worst(r.get("moving_statistics") or []) is not None:
             groups.setdefault((r["norm"], r["batch_size"]), []).append(r)
     lines = []
     order = {name: i for i, name in enumerate(options.NORMS)}
