@@ -122,9 +122,9 @@ def test_convergence_hint() -> None:
     assert "batch 64: 22 steps" in lines[1] and "**not converged**" in lines[1] and "factor 1.50" in lines[1]
 
 
-def _rows(errors: dict[str, dict[int, float]], spread: float = 0.005) -> list[dict]:
+def _rows(errors: dict[str, dict[int, float]], spread: float = 0.005, seeds: int = 3) -> list[dict]:
     return [
-        {"norm": n, "batch_size": b, "test_accuracy_mean": 1 - e / 100, "test_accuracy_std": spread}
+        {"norm": n, "batch_size": b, "test_accuracy_mean": 1 - e / 100, "test_accuracy_std": spread, "seeds": seeds}
         for n, cells in errors.items()
         for b, e in cells.items()
     ]
@@ -146,6 +146,9 @@ def test_findings_in_error_terms() -> None:
     assert "Group norm: 11.0% test error at batch 2 against 10.5% at its best batch size (8), 0.5 points" in text
     assert "Batch renormalization: 20.0% test error at batch 2" in text and "Ghost batches: 30.0%" in text
     assert "1,352 values" not in text  # the seed model's explanation is not given for the deep model
+    assert "With one seed" not in text
+    one_seed = _rows({"batch": {2: 30.0, 64: 10.0}, "group": {2: 11.0, 64: 11.0}}, spread=0.0, seeds=1)
+    assert "With one seed the spread over seeds is unknown" in report.batch_size_findings(one_seed)["text"]
     flat = _rows({"batch": {2: 10.5, 64: 10.0}, "group": {2: 11.0, 64: 11.0}})
     assert report.batch_size_findings(flat, "seed")["verdict"] == "not reproduced"
 

@@ -107,6 +107,11 @@ def batch_size_findings(rows: Sequence[dict[str, Any]], model: str = "seed") -> 
                 "B=2 gives 1,352 values per channel, unlike the deep ImageNet ResNet of the paper (try "
                 "`--preset small-batch`)."
             )
+    if min(row["seeds"] for row in rows if row["norm"] in ("batch", "group")) < 2:
+        text += (
+            " With one seed the spread over seeds is unknown (shown as 0), so this verdict can be noise: run two or "
+            "more seeds."
+        )
     others = [n for n in ("batch-renorm", "ghost-batch", "layer", "instance", "none") if n in rises]
     if others:
         text += "\n\nThe others: " + " ".join(_rise_sentence(NORM_TITLES.get(n, n), rises[n]) for n in others)
