@@ -34,7 +34,7 @@ def _svg_root(path: Path) -> ET.Element:
 def test_deep_model_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "deep"
     argv = [
-        "compare", "--dataset", str(data), "--out", str(out), "--model", "deep", "--norms", "batch,group",
+        "compare", "--dataset", str(data), "--out", str(out), "--model", "deep", "--norms", "batch,group,ghost-batch",
         "--batch-sizes", "8", "--epochs", "2", "--seeds", "0", "--progress", "none",
         "--backend", keras.backend.backend(),
     ]  # fmt: skip
@@ -53,9 +53,11 @@ def test_deep_model_end_to_end(data: Path, tmp_path: Path, capsys: pytest.Captur
         assert run["steps_per_epoch"] == 6 and len(run["history"]["test_accuracy"]) == 2
         assert np.isfinite(run["test_loss"])
     assert runs["group"]["moving_statistics"] == []
-    check = runs["batch"]["moving_statistics"]
-    assert len(check) == 6
-    assert all(math.isclose(c["initial_share"], 0.99**12, rel_tol=1e-9) for c in check)
+    for norm in ("batch", "ghost-batch"):  # the deep model checks every batch norm variant against the data
+        check = runs[norm]["moving_statistics"]
+        assert len(check) == 6
+        assert all(math.isclose(c["initial_share"], 0.99**12, rel_tol=1e-9) for c in check)
+        assert all(c["mean_error"] >= 0 and c["variance_ratio"] >= 1 for c in check)
 
     text = (out / "report.md").read_text()
     assert "The deep model" in text and "0.05 x B / 32" in text
@@ -65,8 +67,8 @@ def test_deep_model_end_to_end(data: Path, tmp_path: Path, capsys: pytest.Captur
     for name in ("batch_size", "training_curves"):
         assert_figure(out / f"{name}.png", 500, 300)
         _svg_root(out / f"{name}.svg")
-    # a different model is a different run: the seed model's runs are not reused for the deep model's
-    assert len(list((out / "runs").glob("*.json"))) == 2
+    assert "- ghost-batch, batch 8: 12 steps;" in text
+    assert len(list((out / "runs").glob("*.json"))) == 3
 
 
 def test_moving_statistics_check_against_numpy(data: Path) -> None:

@@ -259,9 +259,10 @@ def train_one(
         history["test_accuracy"].append(float(evaluation["accuracy"]))
     norm_layers = models.norm_layers(model)
     # The moving statistics estimate the statistics of the training data seen in inference mode. Checking
-    # them against the data costs a forward pass (and a compilation) per model: done for plain batch norm only;
-    # the others get the convergence share momentum**steps.
-    probe_images = x[: min(n, 1000)] if plan.norm == "batch" else None
+    # them against the data costs a forward pass (and a compilation) per model, a large share of a seed-model
+    # run: there only for plain batch norm (the other variants get the convergence share momentum**steps).
+    check_data = plan.norm == "batch" or settings.model != "seed"
+    probe_images = x[: min(n, 1000)] if check_data else None
     moving = models.moving_statistics_check(model, probe_images, steps * settings.epochs)
     return {
         **plan.identity,
