@@ -81,7 +81,10 @@ def test_compare_end_to_end(data: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert f"keras: {keras.__version__}" in text
 
     assert_figure(out / "batch_size.png", 700, 500)
-    assert_figure(out / "training_curves.png", 500, 500)
+    assert_figure(out / "training_curves.png", 500, 250)
+    for name in ("batch_size", "training_curves"):
+        assert (out / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    assert f"figure: {out / 'training_curves.svg'}" in printed
     assert len(_runs(out)) == 4
 
 

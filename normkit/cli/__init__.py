@@ -111,7 +111,7 @@ def finish_importing_normkit() -> None:
 
 def _select_backend(backend: str | None, argv: list[str]) -> int | None:
     """Makes `backend` the Keras backend; returns an exit status if the command had to run in a new process."""
-    if backend is None:
+    if backend is None or backend == "all":  # all: compare runs one child process per backend
         return None
     keras = sys.modules.get("keras")
     if keras is None:

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from normkit.cli import data as data_mod
+from normkit.cli import models, options, progress
 from normkit.cli import norms as norms_mod
-from normkit.cli import options, progress
 from normkit.cli.errors import INTERRUPTED, CLIError
 
 RECORD_VERSION = 1  # bump when the model or the training loop changes: old runs are then not reused
@@ -44,8 +44,14 @@ def run_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
     settings = options.resolve_compare(args)
     out = prepare_out_dir(settings.out)
     _require_plotting()
+    if settings.backend_all:
+        from normkit.cli import backends
+
+        return backends.run_all(settings, argv)
     dataset = data_mod.load(settings.dataset, settings.train_limit, settings.test_limit, settings.train_on)
     _check_batch_sizes(settings, dataset)
+    if settings.epochs == "auto":
+        settings.epochs = models.epochs_to_converge(len(dataset.x_train), max(settings.batch_sizes))
 
     import keras
 
@@ -59,7 +65,8 @@ def run_compare(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     print(
         f"normkit compare: {len(plans)} runs ({len(norms)} norms x {len(settings.batch_sizes)} batch sizes x "
-        f"{len(settings.seeds)} seeds, {settings.epochs} epoch(s)) on {dataset.description}; backend {backend}",
+        f"{len(settings.seeds)} seeds, {settings.epochs} epoch(s), {settings.model} model) on "
+        f"{dataset.description}; backend {backend}",
         flush=True,
     )
     if done:
@@ -174,12 +181,13 @@ def _available_norms(settings: options.CompareSettings) -> tuple[str, ...]:
 def plan_runs(
     settings: options.CompareSettings, norms: Sequence[str], dataset: data_mod.Dataset, backend: str
 ) -> list[RunPlan]:
+    """Every run of the study, seed by seed (a study stopped early then has whole seeds to report)."""
     fingerprint = dataset.fingerprint()
     plans = []
-    for norm in norms:
+    for seed in settings.seeds:
         for batch_size in settings.batch_sizes:
-            call = norms_mod.spec(norm, batch_size, settings.ghost_batch_size).call
-            for seed in settings.seeds:
+            for norm in norms:
+                call = models.layer_call(settings.model, norm, batch_size, settings.ghost_batch_size)
                 identity = {
                     "record_version": RECORD_VERSION,
                     "norm": norm,
@@ -192,6 +200,9 @@ def plan_runs(
                     "backend": backend,
                     "last_batch": settings.last_batch,
                 }
+                if settings.model != "seed":  # the seed model's runs keep the keys they had before --model
+                    identity["model"] = settings.model
+                    identity["learning_rate"] = models.learning_rate(settings.base_lr, batch_size)
                 key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
                 plans.append(RunPlan(norm, batch_size, seed, key, identity))
     return plans
@@ -221,8 +232,7 @@ def train_one(
     keras.backend.clear_session()
     keras.utils.set_random_seed(plan.seed)  # weights, dropout
     rng = np.random.default_rng(plan.seed)  # the epochs' shuffles
-    norm = norms_mod.spec(plan.norm, plan.batch_size, settings.ghost_batch_size)
-    model = norms_mod.build_model(norm)
+    model = models.build(settings.model, plan.norm, plan.batch_size, settings.ghost_batch_size, settings.base_lr)
     x, y = dataset.x_train, dataset.y_train
     n, bs = len(x), plan.batch_size
     # ghost batches need B samples in every step, so ghost-batch always drops the last partial batch
@@ -230,7 +240,7 @@ def train_one(
     used = n - n % bs if drop else n
     steps = -(-used // bs)
     eval_batch = min(len(dataset.x_test), 1000)
-    callback = _step_callback(display, steps)
+    callback = _step_callback(display, steps, bs, used)
     history: dict[str, list[float]] = {k: [] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
     epoch_seconds: list[float] = []
     display.start_run(_label(plan), steps * settings.epochs)
@@ -247,7 +257,13 @@ def train_one(
         history["train_accuracy"].append(float(fit.history["accuracy"][-1]))
         history["test_loss"].append(float(evaluation["loss"]))
         history["test_accuracy"].append(float(evaluation["accuracy"]))
-    norm_layer = model.layers[2] if norm.factory is not None else None
+    norm_layers = models.norm_layers(model)
+    # The moving statistics estimate the statistics of the training data seen in inference mode. Checking
+    # them against the data costs a forward pass (and a compilation) per model, a large share of a seed-model
+    # run: there only for plain batch norm (the other variants get the convergence share momentum**steps).
+    check_data = plan.norm == "batch" or settings.model != "seed"
+    probe_images = x[: min(n, 1000)] if check_data else None
+    moving = models.moving_statistics_check(model, probe_images, steps * settings.epochs)
     return {
         **plan.identity,
         "key": plan.key,
@@ -262,16 +278,21 @@ def train_one(
         "epoch_seconds": epoch_seconds,
         "seconds_per_epoch": float(np.mean(epoch_seconds)),
         "params": int(model.count_params()),
-        "norm_params": int(norm_layer.count_params()) if norm_layer is not None else 0,
+        "norm_params": int(sum(layer.count_params() for layer in norm_layers)),
+        "model": settings.model,
+        "learning_rate": float(keras.ops.convert_to_numpy(model.optimizer.learning_rate)),
+        "moving_statistics": moving,
         "history": history,
         "curve": callback.curve,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def _step_callback(display: progress.Progress, steps: int) -> Any:
+def _step_callback(
+    display: progress.Progress, steps: int, batch_size: int, images_per_epoch: int
+) -> Any:
     """A Keras callback that advances the per-run bar each step and samples Keras's running training
-    loss/accuracy (CURVE_POINTS per epoch) for the training-curve figure."""
+    loss/accuracy (CURVE_POINTS per epoch, with the images seen so far) for the training-curve figure."""
     import keras
 
     class StepCallback(keras.callbacks.Callback):
@@ -279,13 +300,15 @@ def _step_callback(display: progress.Progress, steps: int) -> Any:
             super().__init__()
             self.every = max(1, steps // CURVE_POINTS)
             self.epoch = 0
-            self.curve: dict[str, list[float]] = {"epoch": [], "loss": [], "accuracy": []}
+            self.curve: dict[str, list[float]] = {"epoch": [], "images": [], "loss": [], "accuracy": []}
 
         def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
             display.advance(1)
             step = batch + 1
             if logs and (step % self.every == 0 or step == steps):
                 self.curve["epoch"].append(self.epoch + step / steps)
+                seen = self.epoch * images_per_epoch + min(step * batch_size, images_per_epoch)
+                self.curve["images"].append(float(seen))
                 self.curve["loss"].append(float(logs["loss"]))
                 self.curve["accuracy"].append(float(logs["accuracy"]))
 

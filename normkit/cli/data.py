@@ -58,10 +58,10 @@ def load(name: str, train_limit: int | None = None, test_limit: int | None = Non
             data.x_train,
             data.y_train,
         )
-    if train_limit is not None:
+    if train_limit is not None and train_limit < len(data.x_train):
         data.x_train, data.y_train = data.x_train[:train_limit], data.y_train[:train_limit]
         data.description += f"; first {len(data.x_train):,} training images"
-    if test_limit is not None:
+    if test_limit is not None and test_limit < len(data.x_test):
         data.x_test, data.y_test = data.x_test[:test_limit], data.y_test[:test_limit]
         data.description += f"; first {len(data.x_test):,} test images"
     return data

@@ -6,6 +6,7 @@ Only argparse and the standard library here: `normkit --help` must not import ke
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,9 @@ from normkit.cli.errors import usage_error
 # Every normalization `compare` knows, in display order (normkit.cli.norms builds them).
 NORMS = ("none", "batch", "batch-renorm", "ghost-batch", "group", "instance", "layer", "rms", "frn")
 DATASETS = ("digits", "mnist", "fashion_mnist")
-PRESETS = ("seed-tutorial",)
+PRESETS = ("seed-tutorial", "small-batch")
+MODELS = ("seed", "deep")
+BACKEND_CHOICES = ("jax", "tensorflow", "torch")
 
 # The default study: sized to finish in under 3 minutes on 2 CPU cores with the JAX backend (docs/compare.md).
 DEFAULTS: dict[str, Any] = {
@@ -28,6 +31,8 @@ DEFAULTS: dict[str, Any] = {
     "last_batch": "drop",
     "ghost_batch_size": 4,
     "train_on": "train",
+    "model": "seed",
+    "base_lr": None,
 }
 # --quick: a smoke test of the whole pipeline (about 20 seconds).
 QUICK: dict[str, Any] = {"batch_sizes": (4, 32), "epochs": 1, "seeds": (0,)}
@@ -42,6 +47,21 @@ SEED_TUTORIAL: dict[str, Any] = {
     "last_batch": "keep",
     "train_on": "test",
 }
+# --preset small-batch: Wu & He's Figure 1 in small: the deep model (a normalization after each of its 6
+# convolutions) over batch sizes 2..64 with the learning rate scaled linearly with the batch size, on the first
+# 3,000 Fashion-MNIST training images (--dataset digits for the offline set), and enough epochs ("auto") that
+# batch norm's moving statistics converge at the largest batch size (normkit.cli.models.epochs_to_converge).
+SMALL_BATCH: dict[str, Any] = {
+    "norms": "batch,batch-renorm,ghost-batch,group",
+    "dataset": "fashion_mnist",
+    "model": "deep",
+    "batch_sizes": (2, 4, 8, 16, 32, 64),
+    "epochs": "auto",
+    "seeds": (0, 1, 2),
+    "train_limit": 3000,
+    "test_limit": 2000,
+    "last_batch": "drop",
+}
 # The accuracies the TensorFlow Addons Normalizations tutorial prints after its one epoch.
 SEED_PAGE_ACCURACY = {"group": 0.7722, "instance": 0.7194, "layer": 0.8049}
 
@@ -53,7 +73,7 @@ class CompareSettings:
     norms: tuple[str, ...]
     dataset: str
     batch_sizes: tuple[int, ...]
-    epochs: int
+    epochs: int | str  # an int, or "auto" until the data set is loaded (see models.epochs_to_converge)
     seeds: tuple[int, ...]
     out: str
     train_limit: int | None
@@ -65,17 +85,23 @@ class CompareSettings:
     quick: bool
     progress: str
     norms_explicit: bool = False
+    model: str = "seed"
+    base_lr: float | None = None  # deep model: SGD learning rate at batch size 32 (scaled linearly with B)
+    backend_all: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def add_compare_parser(commands: Any) -> None:
     p = commands.add_parser(
         "compare",
+        allow_abbrev=False,  # `--backend all` rewrites --backend and --out for its child processes
         help="train the seed tutorial's model with each normalization and compare them",
         description=(
             "Trains the seed tutorial's model (Reshape 28x28x1, Conv2D 10 3x3, the normalization, Flatten, "
             "Dense 128 relu, Dropout 0.2, Dense 10 softmax; adam) once per (normalization, batch size, seed), "
-            "then prints a table and writes results.csv, results.json, report.md and figures to --out. "
+            "then prints a table and writes results.csv, results.json, report.md and figures to --out "
+            "(--model deep: a 6-convolution model with the normalization after each; --preset small-batch: "
+            "Wu & He's Figure 1 in small). "
             "Finished runs are saved one by one: rerun the same command to resume. Default: "
             "all norms, scikit-learn's digits, batch sizes 2..64, 1 epoch, seeds 0,1 (under 3 minutes on 2 cores)."
         ),
@@ -86,12 +112,37 @@ def add_compare_parser(commands: Any) -> None:
         help="digits (default, offline: scikit-learn's 8x8 digits scaled x3 and padded to 28x28), mnist, "
         "fashion_mnist (keras.datasets cache), or a path to an .npz with x_train, y_train, x_test, y_test",
     )
+    p.add_argument(
+        "--model",
+        choices=MODELS,
+        help="seed (default): the seed tutorial's one-convolution model with adam; deep: 3 stages of 2 "
+        "convolutions (8, 16, 32 channels), the normalization after each, global average pooling, SGD with "
+        "momentum 0.9 and a learning rate linear in the batch size",
+    )
+    p.add_argument(
+        "--base-lr",
+        help="deep model: SGD learning rate at batch size 32; batch size B uses base-lr * B / 32 (default 0.05)",
+    )
     p.add_argument("--batch-sizes", help="comma-separated batch sizes (default 2,4,8,16,32,64)")
-    p.add_argument("--epochs", help="epochs per run (default 1)")
+    p.add_argument(
+        "--epochs",
+        help="epochs per run (default 1), or 'auto': enough that batch norm's moving statistics converge "
+        "(momentum**steps < 1%%) at the largest batch size",
+    )
     p.add_argument("--seeds", help="comma-separated random seeds, one run each (default 0,1)")
-    p.add_argument("--backend", choices=("jax", "tensorflow", "torch"), help="Keras backend (default: KERAS_BACKEND)")
+    p.add_argument(
+        "--backend",
+        choices=(*BACKEND_CHOICES, "all"),
+        help="Keras backend (default: KERAS_BACKEND); all: the same study on jax, tensorflow and torch, one "
+        "process each (--out/<backend>), then the accuracies side by side",
+    )
     p.add_argument("--out", help="output directory (default ./normkit-compare)")
-    p.add_argument("--preset", choices=PRESETS, help="seed-tutorial: the seed page's exact run (see docs)")
+    p.add_argument(
+        "--preset",
+        choices=PRESETS,
+        help="seed-tutorial: the seed page's exact run; small-batch: the deep model on Fashion-MNIST over batch "
+        "sizes 2..64, 3 seeds, as Wu & He's Figure 1 (see docs)",
+    )
     p.add_argument("--quick", action="store_true", help="a small study: batch sizes 4,32, 1 epoch, seed 0")
     p.add_argument("--train-limit", help="use only the first N training images (e.g. 10000 for MNIST)")
     p.add_argument("--test-limit", help="use only the first N test images")
@@ -135,6 +186,16 @@ def parse_int(name: str, text: str, minimum: int = 1) -> int:
     return value
 
 
+def parse_positive_float(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise usage_error(f"{name} must be a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise usage_error(f"{name} must be a positive number, got {text!r}")
+    return value
+
+
 def parse_int_list(name: str, text: str, minimum: int) -> tuple[int, ...]:
     parts = [t.strip() for t in text.split(",") if t.strip()]
     if not parts:
@@ -164,6 +225,16 @@ def resolve_compare(args: argparse.Namespace) -> CompareSettings:
         values.update(QUICK)
     if args.preset == "seed-tutorial":
         values.update(SEED_TUTORIAL)
+    elif args.preset == "small-batch":
+        values.update(SMALL_BATCH)
+    if args.model is not None:
+        values["model"] = args.model
+    if args.base_lr is not None:
+        if values["model"] != "deep":
+            raise usage_error(
+                f"--base-lr applies to --model deep only (the seed model uses adam), got --model {values['model']}"
+            )
+        values["base_lr"] = parse_positive_float("--base-lr", args.base_lr)
     if args.norms is not None:
         values["norms"] = args.norms
     if args.dataset is not None:
@@ -171,7 +242,12 @@ def resolve_compare(args: argparse.Namespace) -> CompareSettings:
     if args.batch_sizes is not None:
         values["batch_sizes"] = parse_int_list("--batch-sizes", args.batch_sizes, 1)
     if args.epochs is not None:
-        values["epochs"] = parse_int("--epochs", args.epochs)
+        if args.epochs.strip() == "auto":
+            values["epochs"] = "auto"
+        elif not args.epochs.strip().lstrip("-").isdigit():
+            raise usage_error(f"--epochs must be an integer or auto, got {args.epochs!r}")
+        else:
+            values["epochs"] = parse_int("--epochs", args.epochs)
     if args.seeds is not None:
         values["seeds"] = parse_int_list("--seeds", args.seeds, 0)
     if args.train_limit is not None:
@@ -190,7 +266,7 @@ def resolve_compare(args: argparse.Namespace) -> CompareSettings:
         norms=parse_norms(str(values["norms"])),
         dataset=dataset,
         batch_sizes=tuple(values["batch_sizes"]),
-        epochs=int(values["epochs"]),
+        epochs=values["epochs"] if values["epochs"] == "auto" else int(values["epochs"]),
         seeds=tuple(values["seeds"]),
         out=out,
         train_limit=values["train_limit"],
@@ -202,5 +278,8 @@ def resolve_compare(args: argparse.Namespace) -> CompareSettings:
         quick=bool(args.quick),
         progress=args.progress,
         norms_explicit=args.norms is not None or args.preset is not None,
+        model=str(values["model"]),
+        base_lr=values["base_lr"],
+        backend_all=args.backend == "all",
     )
 
