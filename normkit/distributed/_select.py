@@ -110,7 +110,7 @@ def synchronize(model: keras.layers.Layer) -> keras.layers.Layer:
         )
     layers = [layer for layer in model._flatten_layers(include_self=True, recursive=True)]
     batch_norms = [layer for layer in layers if isinstance(layer, BatchNormalization)]
-    fused = [layer.name for layer in batch_norms if layer.fused]
+    fused = [layer.name for layer in batch_norms if layer._fused_argument]  # as given: None resolves to True
     if fused:
         raise ValueError(
             "`synchronize` cannot synchronize a BatchNormalization created with fused=True (tf.keras 2's fused "
@@ -119,7 +119,10 @@ def synchronize(model: keras.layers.Layer) -> keras.layers.Layer:
         )
     for layer in batch_norms:
         layer.synchronized = True
-        # The Bessel rule is decided at build time and excludes synchronized layers (see BatchNormalization).
+        # tf.keras 2 resolved `fused` to False for a synchronized layer, and the Bessel rule follows the resolved
+        # `fused` (decided at build: a built layer is brought in line here).
+        if layer.fused:
+            layer.fused = False
         layer._bessel = False
     for name in ("train_function", "test_function", "predict_function"):
         if getattr(model, name, None) is not None:

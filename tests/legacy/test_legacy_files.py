@@ -100,8 +100,9 @@ def test_legacy_layers_become_normkit_layers_with_their_old_arguments():
     layers = {layer.name: layer for layer in model.layers}
     assert isinstance(layers["bn_renorm"], normkit.BatchNormalization)
     assert layers["bn_renorm"].renorm and layers["bn_renorm"].renorm_clipping == {"rmax": 1.5, "rmin": 0.6, "dmax": 0.4}
-    # tf.keras 2 did not write `fused` into configs (fused=False is lost in its own files too): the default stays.
-    assert layers["bn_unfused"].fused is None
+    # tf.keras 2 did not write `fused` into configs (fused=False is lost in its own files too): the default stays,
+    # and resolves at build as tf.keras 2 resolved it (True for this rank-4, channels-last layer).
+    assert layers["bn_unfused"].get_config()["fused"] is None and layers["bn_unfused"].fused is True
     assert layers["bn_virtual"].virtual_batch_size == 4 and list(layers["bn_virtual"].axis) == [3]  # un-shifted
     assert list(layers["bn_axis_1_3"].axis) == [1, 3]  # Keras 3's own loader drops this list
     sync = load_legacy_model(FIXTURES / "sync_batch_norm.h5").layers[1]
