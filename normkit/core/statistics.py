@@ -236,9 +236,16 @@ def _shift(x: Tensor, axes: tuple[int, ...], weights: Tensor | None) -> Tensor:
     x = ops.stop_gradient(x)
     if any(x.shape[a] == 0 for a in axes):
         return ops.zeros([1 if i in axes else ops.shape(x)[i] for i in range(len(x.shape))], x.dtype)
+    # An axis of unknown size may be empty when run (a TensorFlow graph's batch): one zero slice appended
+    # makes its first position exist.
+    dynamic = [a for a in axes if x.shape[a] is None]
     if weights is None:
+        for a in dynamic:
+            x = _append_zero_slice(x[_first(x, a)], a)
         return x[tuple(slice(0, 1) if i in axes else slice(None) for i in range(len(x.shape)))]
     positive = ops.cast(weights > 0, "int32")
+    for a in dynamic:
+        x, positive = _append_zero_slice(x, a), _append_zero_slice(positive, a)
     for a in axes:
         # Along axis a, the first index at which any position (over the axes not yet narrowed) is unmasked.
         others = tuple(b for b in axes if b != a and positive.shape[b] != 1)
@@ -247,6 +254,15 @@ def _shift(x: Tensor, axes: tuple[int, ...], weights: Tensor | None) -> Tensor:
         x = _take(x, index, a)
         positive = _take(positive, index, a)
     return x
+
+
+def _first(t: Tensor, axis: int) -> tuple[slice, ...]:
+    return tuple(slice(0, 1) if i == axis else slice(None) for i in range(len(t.shape)))
+
+
+def _append_zero_slice(t: Tensor, axis: int) -> Tensor:
+    zeros = ops.zeros([1 if i == axis else ops.shape(t)[i] for i in range(len(t.shape))], t.dtype)
+    return ops.concatenate([t, zeros], axis=axis)
 
 
 def _take(t: Tensor, index: Tensor, axis: int) -> Tensor:
