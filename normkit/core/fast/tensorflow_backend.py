@@ -257,13 +257,10 @@ def _fused_batch_norm(x: tf.Tensor, reduction: Reduction, gamma: Any, beta: Any,
     scale = tf.cast(ops.convert_to_tensor(gamma), tf.float32) if gamma is not None else tf.ones([channels])
     offset = tf.cast(ops.convert_to_tensor(beta), tf.float32) if beta is not None else tf.zeros([channels])
     scale, offset = tf.reshape(scale, [-1]), tf.reshape(offset, [-1])
-    if view.dtype == tf.float32:
-        dynamic_rows = view.shape[0] is None
-        y, mean, variance = _guarded_fused_batch_norm(float(epsilon), dynamic_rows)(view, scale, offset)
-    else:
-        # 16-bit inputs are not shifted (the subtraction would round in 16 bits); the kernel accumulates their
-        # statistics in float32.
-        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(view, scale, offset, epsilon=epsilon, is_training=True)
+    # 16-bit inputs go through the same guard: under XLA the kernel's variance is the one-pass E[x^2] - E[x]^2
+    # (a constant -6e4 batch gave a variance of -69). Their row cap is checked only when static, as before.
+    dynamic_rows = view.shape[0] is None and view.dtype == tf.float32
+    y, mean, variance = _guarded_fused_batch_norm(float(epsilon), dynamic_rows)(view, scale, offset)
     count = tf.cast(tf.shape(view)[0], tf.float32)
     # batch_variance is the unbiased one; the layer and the spec want the biased variance.
     variance = variance * tf.maximum(count - 1.0, 0.0) / count
@@ -290,12 +287,12 @@ def _accurate_branch(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor, epsil
     portable core's shifted two-pass statistics (`compute_statistics`, summed by `reduce_sum`: accurate for
     any row count). Its reserve spaces are the mean and biased variance of the x used, for `_accurate_grad`."""
     stats = compute_statistics(view, _ROWS)
-    used = view - stats.shift
-    y = normalize(used, stats.mean, stats.variance, scale, offset, epsilon)
+    y = normalize(view - stats.shift, stats.mean, stats.variance, scale, offset, epsilon)
     rows = tf.cast(tf.shape(view)[0], view.dtype)
     mean, variance = tf.reshape(stats.mean, [-1]), tf.reshape(stats.variance, [-1])
+    shift = tf.reshape(stats.shift, [-1])
     unbiased = variance * rows / tf.maximum(rows - 1.0, 1.0)
-    return [used, y, mean + tf.reshape(stats.shift, [-1]), unbiased, mean, variance, tf.zeros([0], view.dtype)]
+    return [tf.constant(True), shift, y, mean + shift, unbiased, mean, variance, tf.zeros([0], view.dtype)]
 
 
 def _accurate_grad(
@@ -314,7 +311,8 @@ def _accurate_grad(
 
 @lru_cache(maxsize=64)
 def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any:
-    """(y, mean, unbiased variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 data, accurate for any offset.
+    """(y, mean, unbiased variance) of FusedBatchNormV3 on [M, 1, 1, C] float32 or 16-bit data, accurate for any
+    offset.
 
     The kernel runs on x as it is; only where its own statistics say it saw c = |mean| / std above the limit
     (activations rarely do: ReLU outputs have c ~ 1.3; the limit is the `GUARDS` row's) does it run again on x
@@ -334,12 +332,12 @@ def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any
     def guarded(view: tf.Tensor, scale: tf.Tensor, offset: tf.Tensor) -> Any:
         if dynamic_rows:
             many_rows = tf.shape(view)[0] > max_rows
-            used, y, mean, variance, *reserve = tf.cond(
+            shifted, shift, y, mean, variance, *reserve = tf.cond(
                 many_rows, lambda: _accurate_branch(view, scale, offset, epsilon), lambda: fused(view, scale, offset)
             )
         else:
             many_rows = None
-            used, y, mean, variance, *reserve = fused(view, scale, offset)
+            shifted, shift, y, mean, variance, *reserve = fused(view, scale, offset)
 
         def grad(dy: tf.Tensor, *_unused: Any) -> tuple[tf.Tensor, ...]:
             if many_rows is None:
@@ -347,23 +345,31 @@ def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any
             return tuple(
                 tf.cond(
                     many_rows,
-                    lambda: _accurate_grad(dy, used, scale, reserve[0], reserve[1], epsilon),
+                    lambda: _accurate_grad(dy, view - shift, scale, reserve[0], reserve[1], epsilon),
                     lambda: fused_grad(dy),
                 )
             )
 
         def fused_grad(dy: tf.Tensor) -> list[tf.Tensor]:
-            dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
-                y_backprop=dy,
-                x=used,
-                scale=scale,
-                reserve_space_1=reserve[0],
-                reserve_space_2=reserve[1],
-                reserve_space_3=reserve[2],
-                epsilon=epsilon,
-                is_training=True,
+            def grad_on(x_used: tf.Tensor, dy_used: tf.Tensor) -> list[tf.Tensor]:
+                dx, dscale, doffset, _, _ = tf.raw_ops.FusedBatchNormGradV3(
+                    y_backprop=dy_used,
+                    x=x_used,
+                    scale=scale,
+                    reserve_space_1=reserve[0],
+                    reserve_space_2=reserve[1],
+                    reserve_space_3=reserve[2],
+                    epsilon=epsilon,
+                    is_training=True,
+                )
+                return [tf.cast(dx, view.dtype), dscale, doffset]
+
+            # The data the kernel normalized: x, or x - shift in float32 (recomputed here rather than kept).
+            return tf.cond(
+                shifted,
+                lambda: grad_on(tf.cast(view, tf.float32) - shift, tf.cast(dy, tf.float32)),
+                lambda: grad_on(view, dy),
             )
-            return [dx, dscale, doffset]
 
         return (y, mean, variance), grad
 
@@ -375,10 +381,10 @@ def _guarded_fused_batch_norm(epsilon: float, dynamic_rows: bool = False) -> Any
 
         def reshift() -> list[tf.Tensor]:
             shift = tf.stop_gradient(mean)
-            shifted = view - shift
-            second = _fused_kernel(shifted, scale, offset, epsilon)
-            return [shifted, second[0], second[1] + shift, *second[2:]]
+            # In float32: 16-bit data shifted in 16 bits would round the differences.
+            second = _fused_kernel(tf.cast(view, tf.float32) - shift, scale, offset, epsilon)
+            return [tf.constant(True), shift, tf.cast(second[0], view.dtype), second[1] + shift, *second[2:]]
 
-        return tf.cond(well_conditioned, lambda: [view, *first], reshift)
+        return tf.cond(well_conditioned, lambda: [tf.constant(False), tf.zeros_like(mean), *first], reshift)
 
     return guarded
