@@ -63,3 +63,10 @@ def test_diagram_default_figure_has_rms_and_frn(tmp_path: Path, monkeypatch: pyt
     assert titles[-2].endswith("RMSNormalization(axis=3)")
     assert titles[-1].endswith("FilterResponseNormalization()")
     assert int(drawn[-1].cube.sum()) == 4  # one sample, one channel, over H and W
+
+
+@pytest.mark.parametrize("kind", ["rms", "frn"])
+def test_diagram_draws_one_rms_or_frn_configuration(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / kind
+    assert main(["diagram", "--layer", kind, "--out", str(out), "--backend", keras.backend.backend()]) == 0
+    assert out.with_suffix(".png").stat().st_size > 1000

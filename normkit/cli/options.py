@@ -168,7 +168,9 @@ def add_diagram_parser(commands: Any) -> None:
             "LayerNormalization, InstanceNormalization, GroupNormalization and the seed's LayerNormalization(axis=3)."
         ),
     )
-    p.add_argument("--layer", choices=("batch", "layer", "instance", "group"), help="draw only this configuration")
+    p.add_argument(
+        "--layer", choices=("batch", "layer", "instance", "group", "rms", "frn"), help="draw only this configuration"
+    )
     p.add_argument("--groups", help="GroupNormalization groups (default 5, as in the seed)")
     p.add_argument("--axis", help="the layer's axis: an int, or comma-separated ints for layer/batch (default -1)")
     p.add_argument("--shape", help="input shape N,H,W,C (or N,C,H,W for --axis 1), default 4,2,2,10")
