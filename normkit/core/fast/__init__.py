@@ -124,7 +124,8 @@ GUARDS: dict[tuple[str, str, str], Guard] = {
     ("tensorflow", "batch", "channels_last"): Guard(
         kernel="FusedBatchNormV3 on an [M, 1, 1, C] view (tf.keras 2's kernel), FusedBatchNormGradV3",
         applies_to="features last (any rank), float32, 16-bit; M static or dynamic",
-        shift="none first; if the kernel's own c > limit, tf.cond re-runs it on x minus the kernel's mean",
+        shift="none first; if the kernel's own c > limit (or is NaN), tf.cond re-runs it in float32 on x minus the "
+        "kernel's mean (16-bit too: under XLA the kernel's variance is the one-pass E[x^2] - E[x]^2)",
         limit=2.0,
         max_count=1 << 17,
         fallback="static M > max_count: the portable path; dynamic M: a tf.cond to two-pass statistics",
