@@ -103,7 +103,7 @@ def epochs_to_converge(n_train: int, largest_batch: int, momentum: float = 0.99)
 
 
 def norm_layers(network: Any) -> list[Any]:
-    """The normalization layers of a built model, in order."""
+    """The normalization layers of a built model (TLU, FRN's activation, counted with them), in order."""
     import normkit
 
     kinds = tuple(
@@ -115,10 +115,12 @@ def norm_layers(network: Any) -> list[Any]:
             "LayerNormalization",
             "RMSNormalization",
             "FilterResponseNormalization",
+            "TLU",
         )
         if hasattr(normkit, n)
     )
-    return [layer for layer in network.layers if isinstance(layer, kinds)]
+    # Recursive: a block such as `frn` (FilterResponseNormalization then TLU) is a nested Sequential.
+    return [layer for layer in network._flatten_layers(include_self=False, recursive=True) if isinstance(layer, kinds)]
 
 
 def moving_statistics_check(network: Any, images: np.ndarray | None, steps: int) -> list[dict[str, Any]]:

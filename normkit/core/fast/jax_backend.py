@@ -173,6 +173,35 @@ def _kernel(fp: FlatPlan, epsilon: float, has_gamma: bool, has_beta: bool, unshi
     return kernel
 
 
+def _varying_axes(t: Any) -> frozenset:
+    """The mapped axes (jax.shard_map with check_vma) over which t's type says it varies; empty elsewhere."""
+    aval = jax.typeof(t) if hasattr(jax, "typeof") else jax.core.get_aval(t)
+    vma = getattr(aval, "vma", None)
+    if vma is None:
+        vma = getattr(getattr(aval, "manual_axis_type", None), "varying", frozenset())
+    return frozenset(vma)
+
+
+def _same_varying_axes(*arrays: Any) -> tuple[Any, ...]:
+    """The arrays (None passes through) cast to vary over the union of their mapped axes.
+
+    A custom_vjp's backward must return each cotangent with its primal's type. Inside jax.shard_map x varies
+    over the batch axis and a replicated gamma/beta does not, but their cotangents (sums of dy * xhat over the
+    local rows) do: the primals are cast to varying first, outside the custom VJP. That cast's transpose is a
+    psum over the axis, so a replicated gamma gets the sum of every shard's gradient, as JAX's own ops give it.
+    """
+    axes = frozenset().union(*(_varying_axes(a) for a in arrays if a is not None))
+    if not axes:
+        return arrays
+    cast = []
+    for a in arrays:
+        missing = () if a is None else tuple(sorted(axes - _varying_axes(a)))
+        if missing:
+            a = jax.lax.pcast(a, missing, to="varying") if hasattr(jax.lax, "pcast") else jax.lax.pvary(a, missing)
+        cast.append(a)
+    return tuple(cast)
+
+
 def _run(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float, family: str) -> Any:
     x = jnp.asarray(x)
     if jnp.dtype(x.dtype).name not in _FLOATS or x.ndim != reduction.rank or x.size == 0:
@@ -183,11 +212,15 @@ def _run(x: Any, reduction: Reduction, gamma: Any, beta: Any, epsilon: float, fa
     plan = fp.plan
     sdt = _stat_dtype(x.dtype)
     has_gamma, has_beta = gamma is not None, beta is not None
-    g = jnp.reshape(ops.convert_to_tensor(gamma), plan.param_shape) if has_gamma else jnp.ones(plan.param_shape, sdt)
-    b = jnp.reshape(ops.convert_to_tensor(beta), plan.param_shape) if has_beta else jnp.zeros(plan.param_shape, sdt)
+    g = jnp.reshape(ops.convert_to_tensor(gamma), plan.param_shape) if has_gamma else None
+    b = jnp.reshape(ops.convert_to_tensor(beta), plan.param_shape) if has_beta else None
+    # Only the given parameters: the placeholders stay invariant, as the zero cotangents returned for them.
+    xv, g, b = _same_varying_axes(jnp.reshape(x, plan.shape), g, b)
+    g = jnp.ones(plan.param_shape, sdt) if g is None else g
+    b = jnp.zeros(plan.param_shape, sdt) if b is None else b
     limit = guard("jax", family, "columns_cpu").limit if family != "layer" and _plain_sums_first(fp, x.dtype) else None
     kernel = _kernel(fp, float(epsilon), has_gamma, has_beta, limit)
-    y, mean, variance = kernel(jnp.reshape(x, plan.shape), g, b)
+    y, mean, variance = kernel(xv, g, b)
     return jnp.reshape(y, x.shape), mean, variance
 
 
