@@ -80,12 +80,14 @@ def _page_id(page: Path) -> str:
     return str(page.relative_to(ROOT))
 
 
-@pytest.mark.parametrize("page", PAGES, ids=_page_id)
+def _runnable_blocks(page: Path) -> list[CodeBlock]:
+    return [b for b in code_blocks(page) if b.language == "python" and b.skip_reason is None]
+
+
+# Only the pages with something to run: a page without examples is no test.
+@pytest.mark.parametrize("page", [p for p in PAGES if _runnable_blocks(p)], ids=_page_id)
 def test_page_examples_run(page, tmp_path, monkeypatch):
-    blocks = [b for b in code_blocks(page) if b.language == "python"]
-    runnable = [b for b in blocks if b.skip_reason is None]
-    if not runnable:
-        pytest.skip("no python block to run")
+    runnable = _runnable_blocks(page)
     monkeypatch.chdir(tmp_path)
     namespace: dict = {"__name__": "__main__"}
     for block in runnable:
@@ -150,14 +152,16 @@ def _normkit_modules() -> list[str]:
     return sorted(names)
 
 
-@pytest.mark.parametrize("module_name", _normkit_modules())
-def test_docstring_examples(module_name):
+def _docstring_examples(module_name: str) -> list[doctest.DocTest]:
     module = importlib.import_module(module_name)
-    finder = doctest.DocTestFinder(exclude_empty=True)
+    return [t for t in doctest.DocTestFinder(exclude_empty=True).find(module, module_name) if t.examples]
+
+
+# Only the modules whose docstrings hold examples (every module is imported to find them).
+@pytest.mark.parametrize("module_name", [m for m in _normkit_modules() if _docstring_examples(m)])
+def test_docstring_examples(module_name):
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    tests = [t for t in finder.find(module, module_name) if t.examples]
-    if not tests:
-        pytest.skip("no docstring examples")
+    tests = _docstring_examples(module_name)
     report = io.StringIO()
     for test in tests:
         runner.run(test, out=report.write)

@@ -90,9 +90,7 @@ def custom_objects() -> dict[str, Any]:
 
     objects: dict[str, Any] = {}
     for old_name, (attribute, overrides) in NORMALIZATION_CLASSES.items():
-        target = getattr(normkit, attribute, None)
-        if target is None:
-            continue
+        target = getattr(normkit, attribute)
         objects[old_name] = _LayerLoader(target, overrides) if overrides else target
     return objects
 
@@ -124,12 +122,7 @@ def plan_conversion(model_config: dict[str, Any], user_objects: dict[str, Any] |
             target, overrides = None, {}
         elif old_class in NORMALIZATION_CLASSES:
             attribute, overrides = NORMALIZATION_CLASSES[old_class]
-            target = getattr(normkit, attribute, None)
-            if target is None:
-                plan.layers.append(
-                    LayerPlan(path, name, old_class, "-", f"normkit.{attribute} is not supported yet by normkit")
-                )
-                return
+            target = getattr(normkit, attribute)
             plan.layers.append(LayerPlan(path, name, old_class, f"normkit.{attribute}"))
         elif old_class in known:
             plan.layers.append(LayerPlan(path, name, old_class, _keras_name(old_class)))

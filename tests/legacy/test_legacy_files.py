@@ -30,11 +30,6 @@ BAD_FILES = {entry["path"]: entry for entry in MANIFEST["bad_files"]}
 KERAS3_READABLE_H5 = ("sequential_bn.h5", "sync_batch_norm.h5", "addons_group_instance.h5", "masked_sequence.h5")
 
 
-def _skip_unless_available(fixture: dict) -> None:
-    for attribute in fixture.get("requires", []):
-        if not hasattr(normkit, attribute):
-            pytest.skip(f"normkit.{attribute} not available")
-
 
 def _assert_close(actual, expected, tolerance: dict, what: str) -> float:
     actual = np.asarray(keras.ops.convert_to_numpy(actual), dtype="float64")
@@ -63,7 +58,6 @@ def _load(fixture: dict):
 @pytest.mark.parametrize("fixture", MODEL_FIXTURES, ids=[f["fixture"] for f in MODEL_FIXTURES])
 def test_fixture_loads_with_the_old_stacks_outputs_and_converts(fixture, tmp_path):
     """predict and training=True outputs of the loaded model match tf.keras 2's; the converted file matches too."""
-    _skip_unless_available(fixture)
     expected = np.load(FIXTURES / fixture["expected"])
     before = _sha256(FIXTURES / fixture["path"])
     model = _load(fixture)
@@ -214,12 +208,6 @@ def test_weights_that_do_not_fit_name_the_layer_and_both_shapes():
     assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights(), strict=True))  # nothing half-assigned
     assert _sha256(path) == digest
 
-
-def test_frn_and_tlu_say_not_supported_until_normkit_has_them():
-    if hasattr(normkit, "FilterResponseNormalization") and hasattr(normkit, "TLU"):
-        pytest.skip("normkit has FilterResponseNormalization and TLU: the fixture test covers them")
-    with pytest.raises(LegacyFileError, match="not supported yet"):
-        load_legacy_model(FIXTURES / "addons_frn_tlu.h5")
 
 
 def test_inspect_lists_every_layer_and_what_it_maps_to(capsys):
