@@ -171,8 +171,6 @@ MODELS = {
     "mixed_float16": mixed_float16,
     "masked_sequence": masked_sequence,
 }
-# The layer each model needs that normkit may not have yet: its tests skip, naming it, until it exists.
-REQUIRES = {"addons_frn_tlu": ["FilterResponseNormalization", "TLU"]}
 
 
 def _data(model: tf.keras.Model, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,7 +214,6 @@ def _write_model(name: str, seed: int, manifest: list[dict]) -> tf.keras.Model:
                 "path": path,
                 "expected": f"{name}.npz",
                 "tolerance": tolerance,
-                "requires": REQUIRES.get(name, []),
             }
         )
     return model
@@ -248,7 +245,6 @@ def _write_weights_files(manifest: list[dict]) -> None:
             "weights": "weights_model_weights.h5",
             "expected": "weights_model.npz",
             "tolerance": TOLERANCE,
-            "requires": [],
         }
     )
 
